@@ -5,7 +5,7 @@ different pixels than inference does (DESIGN.md section 1).
 """
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import cv2
 import numpy as np
@@ -48,8 +48,13 @@ class Transform:
         return x0, y0, x1, y1
 
 
-def resize(image: np.ndarray, card: ModelCard, interpolation: int = cv2.INTER_LINEAR) -> Tuple[np.ndarray, Transform]:
-    """Letterbox or stretch a BGR/gray uint8 frame (or a class mask, with INTER_NEAREST) to the card's input size."""
+def resize(
+    image: np.ndarray, card: ModelCard, interpolation: int = cv2.INTER_LINEAR, pad_value: Optional[int] = None
+) -> Tuple[np.ndarray, Transform]:
+    """Letterbox or stretch a BGR uint8 frame (or a class mask, with INTER_NEAREST) to the card's input size.
+
+    Letterbox padding uses the card's pad value unless `pad_value` is given (masks pad with 'ignore').
+    """
     in_h, in_w = card.input_size
     h, w = image.shape[:2]
     if card.resize_mode == "stretch":
@@ -60,7 +65,7 @@ def resize(image: np.ndarray, card: ModelCard, interpolation: int = cv2.INTER_LI
     nw, nh = int(round(w * r)), int(round(h * r))
     px, py = (in_w - nw) // 2, (in_h - nh) // 2
     resized = image if (nw, nh) == (w, h) else cv2.resize(image, (nw, nh), interpolation=interpolation)
-    pad = card.pad_value if interpolation != cv2.INTER_NEAREST else 0
+    pad = card.pad_value if pad_value is None else pad_value
     out = cv2.copyMakeBorder(
         resized, py, in_h - nh - py, px, in_w - nw - px, cv2.BORDER_CONSTANT, value=(pad, pad, pad)
     )

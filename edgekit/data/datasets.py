@@ -167,7 +167,8 @@ def _load_yolo(root: Path, split: str) -> Dataset:
                     if len(parts) < 5:
                         raise ValueError
                 except ValueError:
-                    raise EdgekitError(f"{txt} line {lineno}: expected 'class cx cy w h', got '{line.strip()}'") from None
+                    msg = f"expected 'class cx cy w h', got '{line.strip()}'"
+                    raise EdgekitError(f"{txt} line {lineno}: {msg}") from None
                 if not 0 <= c < len(names):
                     raise EdgekitError(f"{txt} line {lineno}: class id {c} out of range ({len(names)} classes)")
                 boxes.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
@@ -240,7 +241,8 @@ def load_sample(ds: Dataset, i: int):
     if s.mask is not None:
         mask = read_mask(s.mask, len(ds.classes))
         if mask.shape != img.shape[:2]:
-            raise EdgekitError(f"{s.mask}: mask is {mask.shape[1]}x{mask.shape[0]}, image is {img.shape[1]}x{img.shape[0]}")
+            (mh, mw), (ih, iw) = mask.shape, img.shape[:2]
+            raise EdgekitError(f"{s.mask}: mask is {mw}x{mh}, image is {iw}x{ih}")
     return img, boxes, s.classes, mask
 
 

@@ -244,10 +244,7 @@ def _overlaps_too_much(instance: np.ndarray, new_mask: np.ndarray, limit: float)
     if hidden.size == 0:
         return False
     ids, counts = np.unique(hidden, return_counts=True)
-    for i, c in zip(ids, counts):
-        if c > limit * (instance == i).sum():
-            return True
-    return False
+    return any(c > limit * (instance == i).sum() for i, c in zip(ids, counts))
 
 
 def place_shapes(rng: np.random.Generator, h: int, w: int, count: int, speed: float = 0.0) -> List[Shape]:

@@ -80,7 +80,9 @@ def write_dataset(
             summary["splits"][split] = {
                 "images": n,
                 "instances": {c: int(k) for c, k in zip(CLASSES, inst)},
-                "pixel_share": {c: round(float(p) / max(1, int(pix.sum())), 4) for c, p in zip(("background",) + CLASSES, pix)},
+                "pixel_share": {
+                    c: round(float(p) / max(1, int(pix.sum())), 4) for c, p in zip(("background", *CLASSES), pix)
+                },
             }
         if videos:
             (tmp / "videos").mkdir()
@@ -100,7 +102,9 @@ def write_dataset(
     return summary
 
 
-def _write_video(folder: Path, stem: str, seed: int, frames: int, size: Tuple[int, int], fps: float, progress: bool) -> None:
+def _write_video(
+    folder: Path, stem: str, seed: int, frames: int, size: Tuple[int, int], fps: float, progress: bool
+) -> None:
     """An MP4 of moving shapes, its per-frame boxes (JSON Lines) and class masks (compressed npz)."""
     scene = VideoScene(seed, size)
     writer = cv2.VideoWriter(str(folder / f"{stem}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)

@@ -1,0 +1,1 @@
+"""Task code (pure NumPy/OpenCV): decoding raw outputs, NMS, mapping back to frames, drawing."""

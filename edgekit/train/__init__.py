@@ -1,0 +1,1 @@
+"""`edgekit train` (build side: needs torch)."""

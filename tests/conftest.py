@@ -1,0 +1,34 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgekit.data.writer import write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(tmp_path_factory) -> Path:
+    """A small synthetic dataset (all label formats, one short video), generated once per session."""
+    out = tmp_path_factory.mktemp("data") / "synth"
+    write_dataset(out, seed=3, counts={"train": 24, "val": 8, "test": 8}, size=(128, 96), videos=1,
+                  video_frames=6, video_size=(160, 120), progress=False)
+    return out
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run `python -m edgekit ARGS` as a user would, capturing its output."""
+    return subprocess.run([sys.executable, "-m", "edgekit", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("edgekit: error: "), lines[0]
+    assert "Traceback" not in result.stderr
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
