@@ -81,6 +81,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .demo import run as run_demo
+
+    run_demo(Path(args.out))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models
 
@@ -150,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-val-images", type=int, default=0, help=argparse.SUPPRESS)
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     tr.set_defaults(func=cmd_train)
+
+    demo = sub.add_parser(
+        "demo", help="run the whole available chain on the shipped models and synthetic data",
+        description="Generate synthetic data, measure the shipped models on it and fine-tune the detector.",
+    )
+    demo.add_argument("--out", default="build/demo", help="output folder (default build/demo)")
+    demo.set_defaults(func=cmd_demo)
 
     models = sub.add_parser("models", help="list the built-in architectures")
     models.add_argument("--task", choices=("detection", "segmentation"))

@@ -75,3 +75,20 @@ def test_diagnose_over_and_under_fitting():
     good = rows([2, 1, 0.6, 0.5, 0.45, 0.44, 0.44, 0.44, 0.44, 0.44], [2, 1, 0.7, 0.6, 0.55, 0.55, 0.55, 0.55,
                 0.55, 0.55], [0.2, 0.6, 0.8, 0.9, 0.92, 0.93, 0.93, 0.93, 0.93, 0.93])
     assert diagnose(good, "m") == []
+
+
+def test_fine_tune_with_frozen_backbone_changes_only_the_rest(tiny_synth, tmp_path):
+    first = tmp_path / "first"
+    r = run_cli("train", "--task", "detection", "--data", str(tiny_synth), "--out", str(first), "--imgsz", "64",
+                "--epochs", "1", "--batch-size", "8", "-q")
+    assert r.returncode == 0, r.stderr
+    tuned = tmp_path / "tuned"
+    r = run_cli("train", "--task", "detection", "--data", str(tiny_synth), "--out", str(tuned), "--imgsz", "64",
+                "--epochs", "1", "--batch-size", "8", "-q", "--init", str(first / "best.safetensors"),
+                "--freeze", "backbone", "--lr", "1e-3")
+    assert r.returncode == 0, r.stderr
+    before, _ = checkpoint.load(first)
+    after, _ = checkpoint.load(tuned / "best.safetensors")
+    b, a = before.state_dict(), after.state_dict()
+    assert all(torch.equal(b[k], a[k]) for k in b if k.startswith("backbone."))
+    assert not all(torch.equal(b[k], a[k]) for k in b if k.startswith(("neck.", "box_head.", "cls_head.")))
