@@ -12,6 +12,9 @@ from .errors import EdgekitError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def ensure_writable_dir(path: PathLike) -> Path:
     """Create ``path`` (and parents) or fail with one line saying why it can't be written."""
@@ -35,6 +38,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp_path, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

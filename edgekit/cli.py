@@ -81,6 +81,90 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .export import export
+
+    rep = export(args.checkpoint, args.output, opset=args.opset, dynamic_batch=args.dynamic_batch,
+                 simplify=not args.no_simplify, parity_images=Path(args.parity_images) if args.parity_images else None,
+                 atol=args.atol, rtol=args.rtol)
+    print(f"wrote {rep.path} (opset {rep.opset}, {rep.nodes_before} -> {rep.nodes_after} nodes after simplification, "
+          f"{rep.path.stat().st_size / 1024:.0f} KB) in {rep.seconds:.1f} s")
+    print(f"parity vs PyTorch on {rep.parity_inputs}:")
+    for p in rep.parity:
+        print(f"  {p.output}: max abs error {p.max_abs:.3g}, max relative error {p.max_rel:.3g}")
+    return 0
+
+
+def _card_from_flags(args: argparse.Namespace):
+    """A model card for an ONNX not made by edgekit: --card YAML, or flags."""
+    from .card import ModelCard
+
+    if args.card:
+        return ModelCard.load(args.card)
+    if not (args.task or args.classes):
+        return None
+    missing = [f for f, v in (("--task", args.task), ("--classes", args.classes), ("--input-size", args.input_size))
+               if not v]
+    if missing:
+        raise EdgekitError(f"describing an imported ONNX needs {', '.join(missing)} too (or --card CARD.yaml)")
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    w, h = args.input_size
+    return ModelCard(name=args.name or "imported", task=args.task, arch="external", classes=classes, input_size=(h, w),
+                     mean=tuple(args.mean), std=tuple(args.std), resize_mode=args.resize, pad_value=args.pad_value,
+                     input_name=args.input_name, output_name=args.output_name)
+
+
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    from .build import BuildOptions, build_engine
+
+    opts = BuildOptions(
+        backend=args.backend, precision=args.precision, calib=args.calib, calib_method=args.calib_method,
+        calib_size=args.calib_size, keep_fp32=args.keep_fp32 or [], dla_core=args.dla_core,
+        workspace_mb=args.workspace, timing_cache=args.timing_cache, sparsity=args.sparsity,
+        max_batch=args.max_batch, if_stale=args.if_stale, card=_card_from_flags(args),
+    )
+    rep = build_engine(args.model, args.output, opts)
+    if rep.up_to_date:
+        print(f"{rep.engine} is up to date (inputs and environment unchanged); nothing rebuilt")
+        return 0
+    print(f"engine:     {rep.engine} ({rep.backend}, {rep.precision}, {rep.bytes / 1024:.0f} KB, built in "
+          f"{rep.seconds:.1f} s)")
+    print(f"manifest:   {rep.manifest}")
+    for kind, path in rep.extra_files.items():
+        print(f"also wrote: {path} ({kind})")
+    if rep.precision == "int8":
+        print(f"kept in higher precision ({len(rep.kept_fp32)} nodes): {', '.join(rep.kept_fp32) or 'none'}")
+    a = rep.agreement
+    key = "detection_f1" if "detection_f1" in a else "pixel_agreement"
+    print(f"agreement with FP32 on {a['frames']} frames: {key} {a[key]:.4f}, max abs output diff {a['max_abs_diff']}")
+    if "tensorrt_qdq_predicted" in a:
+        t = a["tensorrt_qdq_predicted"]
+        print(f"TensorRT Q/DQ file on this CPU (predicts the Jetson INT8 engine): {key} {t[key]:.4f}, "
+              f"max abs output diff {t['max_abs_diff']}")
+    return 0
+
+
+def cmd_calib_set(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import cv2
+
+    from .artifacts import atomic_dir
+    from .calibration import select_from_video
+
+    video = Path(args.video)
+    if not video.is_file():
+        raise EdgekitError(f"{video}: video not found")
+    indices, frames = select_from_video(video, args.n)
+    with atomic_dir(args.output, overwrite=args.overwrite) as tmp:
+        for i, f in zip(indices, frames):
+            cv2.imwrite(str(tmp / f"frame_{i:06d}.jpg"), f, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    print(f"wrote {len(frames)} frames of {video} to {args.output}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -159,6 +243,67 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-val-images", type=int, default=0, help=argparse.SUPPRESS)
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     tr.set_defaults(func=cmd_train)
+
+    ex = sub.add_parser(
+        "export", help="export a checkpoint to ONNX, parity-checked against PyTorch",
+        description="Export a checkpoint to ONNX (static shapes unless --dynamic-batch), simplified with onnxslim, "
+                    "the model card embedded in metadata_props. ONNX Runtime's outputs are compared with "
+                    "PyTorch's on random and real frames; over tolerance nothing is written.",
+    )
+    ex.add_argument("checkpoint", help="NAME.safetensors (with NAME.card.yaml beside it) or its folder")
+    ex.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    ex.add_argument("--opset", type=int, default=17)
+    ex.add_argument("--dynamic-batch", type=int, default=0, metavar="MAX", help="dynamic batch axis up to MAX")
+    ex.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    ex.add_argument("--parity-images", help="folder of real images for the parity check (default: synthetic scenes)")
+    ex.add_argument("--atol", type=float, default=1e-3, help="parity tolerance, absolute (default 1e-3)")
+    ex.add_argument("--rtol", type=float, default=1e-3, help="parity tolerance, relative (default 1e-3)")
+    ex.set_defaults(func=cmd_export)
+
+    be = sub.add_parser(
+        "build-engine", help="build a TensorRT or ONNX Runtime engine (FP32/FP16/INT8) with a manifest",
+        description="Build an engine from an ONNX. INT8 is calibrated on real images through the model card's "
+                    "preprocessing. The engine and ENGINE.manifest.json are written atomically; loading checks the "
+                    "manifest against the machine.",
+    )
+    be.add_argument("model", help="ONNX file (from edgekit export, or any with --card)")
+    be.add_argument("-o", "--output", required=True, help="engine file to write")
+    be.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime"))
+    be.add_argument("--precision", default="fp32", help="fp32, fp16, int8 or best (default fp32)")
+    be.add_argument("--calib", help="calibration images: a folder or a video (INT8)")
+    be.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"))
+    be.add_argument("--calib-size", type=int, default=200, help="calibration images to use (default 200)")
+    be.add_argument("--keep-fp32", action="append", metavar="NODE_OR_OP", help="keep a node or op type out of INT8")
+    be.add_argument("--dla-core", type=int, help="build for this DLA core (TensorRT on Jetson), GPU fallback on")
+    be.add_argument("--workspace", type=int, default=1024, metavar="MB", help="TensorRT workspace (default 1024)")
+    be.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to read and update")
+    be.add_argument("--sparsity", action="store_true", help="let TensorRT use 2:4 sparse weights")
+    be.add_argument("--max-batch", type=int, default=1, help="largest batch (dynamic-batch ONNX)")
+    be.add_argument("--if-stale", action="store_true", help="rebuild only when an input or the environment changed")
+    card = be.add_argument_group("model card, for an ONNX not made by edgekit")
+    card.add_argument("--card", help="model card YAML")
+    card.add_argument("--task", choices=("detection", "segmentation"))
+    card.add_argument("--classes", help="comma-separated class names")
+    card.add_argument("--input-size", type=_size, help="WxH of the network input")
+    card.add_argument("--mean", type=float, nargs=3, default=(0.0, 0.0, 0.0), help="per-channel mean on 0..1 pixels")
+    card.add_argument("--std", type=float, nargs=3, default=(1.0, 1.0, 1.0), help="per-channel std on 0..1 pixels")
+    card.add_argument("--resize", default="letterbox", choices=("letterbox", "stretch"))
+    card.add_argument("--pad-value", type=int, default=114)
+    card.add_argument("--input-name", default="images")
+    card.add_argument("--output-name", default="output0")
+    card.add_argument("--name", help="model name")
+    be.set_defaults(func=cmd_build_engine)
+
+    cs = sub.add_parser(
+        "calib-set", help="pick calibration frames from a video (spread over time and scene changes)",
+        description="Pick N frames from a video for INT8 calibration: half evenly spread over time, half at the "
+                    "largest scene changes, written as JPEG files to a folder.",
+    )
+    cs.add_argument("video")
+    cs.add_argument("-n", type=int, default=500, help="frames to pick (default 500)")
+    cs.add_argument("-o", "--output", required=True, help="folder to write (must not exist unless --overwrite)")
+    cs.add_argument("--overwrite", action="store_true")
+    cs.set_defaults(func=cmd_calib_set)
 
     demo = sub.add_parser(
         "demo", help="run the whole available chain on the shipped models and synthetic data",

@@ -1,0 +1,66 @@
+"""The backend interface: availability, I/O description, infer, and the timing of the last call."""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: Tuple[Any, ...]  # ints, or a name/-1 for a dynamic axis
+    dtype: str  # numpy dtype name
+
+
+@dataclass
+class Timing:
+    """Host wall time of the last infer call and, on a GPU backend, the device time from CUDA events."""
+
+    host_ms: float = 0.0
+    device_ms: Optional[float] = None
+    h2d_ms: Optional[float] = None
+    d2h_ms: Optional[float] = None
+
+
+class Backend(ABC):
+    """A loaded engine. Use as a context manager, or call close()."""
+
+    name = ""
+
+    @classmethod
+    @abstractmethod
+    def available(cls) -> Tuple[bool, str]:
+        """(True, version) where this backend can run here, else (False, why not and what to install)."""
+
+    @property
+    @abstractmethod
+    def inputs(self) -> List[TensorSpec]: ...
+
+    @property
+    @abstractmethod
+    def outputs(self) -> List[TensorSpec]: ...
+
+    @abstractmethod
+    def infer(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """Run once on host arrays (in input order); returns host arrays in output order."""
+
+    @property
+    def last_timing(self) -> Timing:
+        return self._timing
+
+    _timing = Timing()
+
+    def infer_named(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        outs = self.infer([feeds[s.name] for s in self.inputs])
+        return {s.name: o for s, o in zip(self.outputs, outs)}
+
+    def close(self) -> None:  # noqa: B027  (a no-op unless the backend holds resources)
+        """Release the engine and its memory."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

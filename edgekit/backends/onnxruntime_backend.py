@@ -1,0 +1,89 @@
+"""ONNX Runtime backend: an "engine" is an ONNX file plus the providers and session options it was
+validated with (recorded in its manifest)."""
+
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import EdgekitError, MissingDependency
+from .base import Backend, TensorSpec, Timing
+
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+               "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependency("onnxruntime", "onnxruntime") from None
+    return onnxruntime
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    @classmethod
+    def available(cls) -> Tuple[bool, str]:
+        try:
+            ort = _ort()
+        except MissingDependency as e:
+            return False, str(e)
+        return True, f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())})"
+
+    @staticmethod
+    def version() -> str:
+        return str(_ort().__version__)
+
+    @staticmethod
+    def providers_available() -> List[str]:
+        return list(_ort().get_available_providers())
+
+    @classmethod
+    def load_engine(cls, path: Path, manifest: Dict[str, Any]) -> "OnnxRuntimeBackend":
+        b = manifest["backend"]
+        return cls(path, providers=b.get("providers"), session_options=b.get("session_options"))
+
+    def __init__(self, path: "str | Path", providers: Optional[List[str]] = None,
+                 session_options: Optional[Dict[str, Any]] = None) -> None:
+        ort = _ort()
+        providers = providers or ["CPUExecutionProvider"]
+        missing = [p for p in providers if p not in ort.get_available_providers()]
+        if missing:
+            raise EdgekitError(
+                f"{path}: built for ONNX Runtime provider(s) {', '.join(missing)}, not installed here "
+                f"(available: {', '.join(ort.get_available_providers())})"
+            )
+        so = ort.SessionOptions()
+        for key, value in (session_options or {}).items():
+            if key == "graph_optimization_level":
+                value = getattr(ort.GraphOptimizationLevel, value)
+            setattr(so, key, value)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EdgekitError(f"{path}: ONNX Runtime cannot load it: {first}") from None
+        self._inputs = [TensorSpec(i.name, tuple(i.shape), _ORT_DTYPES.get(i.type, i.type))
+                        for i in self.session.get_inputs()]
+        self._outputs = [TensorSpec(o.name, tuple(o.shape), _ORT_DTYPES.get(o.type, o.type))
+                         for o in self.session.get_outputs()]
+        self._names = [o.name for o in self._outputs]
+        self._timing = Timing()
+
+    @property
+    def inputs(self) -> List[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> List[TensorSpec]:
+        return self._outputs
+
+    def infer(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
+        feeds = {s.name: x for s, x in zip(self._inputs, inputs)}
+        t0 = time.perf_counter_ns()
+        outs = self.session.run(self._names, feeds)
+        self._timing = Timing(host_ms=(time.perf_counter_ns() - t0) / 1e6)
+        return outs

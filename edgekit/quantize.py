@@ -1,0 +1,111 @@
+"""INT8 by explicit quantization through onnxruntime.quantization (build side).
+
+One calibration, two files (TENSORRT.md): a symmetric int8 Q/DQ ONNX that TensorRT builds from (and
+that ONNX Runtime runs correctly, to predict the Jetson engine's accuracy), and a U8S8 ONNX (uint8
+asymmetric activations, int8 per-channel weights) that ONNX Runtime's x86/ARM CPU kernels run fast.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Set
+
+import numpy as np
+
+from .errors import EdgekitError
+
+METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass
+class QuantResult:
+    kept: List[str]  # node names left in floating point
+    kept_reason: Dict[str, str]
+
+
+def output_tail(model: Any) -> Set[str]:
+    """Names of nodes after the last convolution on every path to an output (box decoding, sigmoid,
+    final resize of logits). They stay in floating point: int8 steps of pixel coordinates or of
+    logits at class boundaries cost accuracy and buy no speed."""
+    consumers: Dict[str, List[Any]] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    feeds_conv: Dict[str, bool] = {}
+
+    def reaches_conv(node: Any) -> bool:
+        if node.name in feeds_conv:
+            return feeds_conv[node.name]
+        feeds_conv[node.name] = False  # guards against cycles (none in a valid ONNX)
+        result = any(c.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") or reaches_conv(c)
+                     for o in node.output for c in consumers.get(o, []))
+        feeds_conv[node.name] = result
+        return result
+
+    return {n.name for n in model.graph.node
+            if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") and not reaches_conv(n)}
+
+
+def resolve_keep(model: Any, keep: Sequence[str], source: str) -> Dict[str, str]:
+    """Node names to keep in FP32, from node names or op types given by the user, plus the output tail."""
+    names = {n.name for n in model.graph.node}
+    kept = {name: "output decoding after the last convolution" for name in output_tail(model)}
+    for k in keep:
+        matched = [n.name for n in model.graph.node if n.op_type == k]
+        if matched:
+            kept.update({m: f"--keep-fp32 {k}" for m in matched})
+        elif k in names:
+            kept[k] = f"--keep-fp32 {k}"
+        else:
+            ops = sorted({n.op_type for n in model.graph.node})
+            raise EdgekitError(f"{source}: --keep-fp32 {k} is neither a node name nor an op type of the graph "
+                               f"(op types: {', '.join(ops)})")
+    return kept
+
+
+class _Reader:
+    """onnxruntime.quantization CalibrationDataReader over preprocessed tensors."""
+
+    def __init__(self, input_name: str, tensors: Sequence[np.ndarray]) -> None:
+        self.input_name, self.tensors, self.i = input_name, list(tensors), 0
+
+    def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+        if self.i >= len(self.tensors):
+            return None
+        self.i += 1
+        return {self.input_name: self.tensors[self.i - 1]}
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+def quantize(
+    fp32_path: Path,
+    input_name: str,
+    tensors: Sequence[np.ndarray],
+    trt_out: Path,
+    cpu_out: Optional[Path],
+    method: str = "minmax",
+    keep: Sequence[str] = (),
+) -> QuantResult:
+    """Write the TensorRT-style symmetric Q/DQ file and (unless cpu_out is None) the U8S8 CPU file."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if method not in METHODS:
+        raise EdgekitError(f"--calib-method {method}: choose one of {', '.join(METHODS)}")
+    model = onnx.load(str(fp32_path))
+    kept = resolve_keep(model, keep, str(fp32_path))
+    calib_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                    "percentile": CalibrationMethod.Percentile}[method]
+    common: Dict[str, Any] = dict(quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=calib_method,
+                                  nodes_to_exclude=sorted(kept))
+    # TensorRT: int8 activations and weights, zero point 0 everywhere, biases left in float.
+    quantize_static(str(fp32_path), str(trt_out), _Reader(input_name, tensors), activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+                    **common)
+    if cpu_out is not None:
+        # ONNX Runtime CPU: uint8 asymmetric activations with int8 per-channel weights (U8S8).
+        quantize_static(str(fp32_path), str(cpu_out), _Reader(input_name, tensors), activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, **common)
+    return QuantResult(sorted(kept), kept)
