@@ -20,12 +20,21 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m edgekit demo --out build/demo
 
+# Runtime side (DESIGN.md section 2): must stay valid Python 3.8 for JetPack 5.
+RUNTIME := edgekit/__init__.py edgekit/__main__.py edgekit/cli.py edgekit/errors.py edgekit/card.py \
+	edgekit/artifacts.py edgekit/preprocess.py edgekit/metrics.py edgekit/manifest.py edgekit/engine.py \
+	edgekit/calibration.py edgekit/onnx_io.py edgekit/backends edgekit/tasks edgekit/data
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check edgekit tests benchmarks
-	$(VENV)/bin/vermin --no-tips --violations -t=3.8- edgekit/card.py edgekit/preprocess.py edgekit/errors.py \
-		edgekit/artifacts.py edgekit/metrics.py edgekit/data edgekit/tasks edgekit/cli.py edgekit/__init__.py
+	$(VENV)/bin/vermin --no-tips --violations -t=3.8- $(RUNTIME)
 
-test: lint
+# The TensorRT backend is written from the documented API: check it against tensorrt-stubs (10.x API).
+typecheck: $(STAMP)
+	$(VENV)/bin/pyright --pythonpath $(PY) edgekit/backends edgekit/engine.py edgekit/build.py \
+		edgekit/manifest.py edgekit/calibration.py
+
+test: lint typecheck
 	$(PY) -m pytest -q
 
 clean:

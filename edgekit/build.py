@@ -121,7 +121,7 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
     backend = resolve_backend(opts.backend)
     precision = resolve_precision(backend, opts.precision, opts)
     ensure_writable_dir(out.parent)
-    calib = calibration.load(opts.calib, opts.calib_size) if precision == "int8" else None
+    calib = calibration.load(opts.calib, opts.calib_size) if precision == "int8" and opts.calib else None
 
     from .engine import backend_environment
 
@@ -131,7 +131,7 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
     if opts.if_stale and _is_up_to_date(out, fp):
         m = mf.read(out)
         return BuildReport(out, mf.path_for(out), backend, precision, 0.0, out.stat().st_size,
-                           m.get("int8", {}).get("kept_fp32", []), m.get("agreement", {}),
+                           (m.get("int8") or {}).get("kept_fp32", []), m.get("agreement", {}),
                            m.get("files", {}), up_to_date=True)
 
     frames = calib.frames if calib else _agreement_frames(card)
@@ -165,7 +165,7 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
 
             engine_tmp = work / "engine.plan"
             backend_section = build_serialized(
-                files.get("tensorrt_qdq_onnx", fp32), engine_tmp, precision=precision, card=card,
+                fp32, files.get("tensorrt_qdq_onnx"), engine_tmp, precision=precision, card=card,
                 calib_tensors=tensors if precision == "int8" else None,
                 calib_cache=out.with_name(out.name + ".calib.cache") if precision == "int8" else None,
                 dla_core=opts.dla_core, workspace_mb=opts.workspace_mb, timing_cache=opts.timing_cache,

@@ -8,7 +8,9 @@ from conftest import ROOT
 RUNTIME_MODULES = [
     "edgekit", "edgekit.cli", "edgekit.card", "edgekit.errors", "edgekit.artifacts", "edgekit.preprocess",
     "edgekit.metrics", "edgekit.data.synth", "edgekit.data.writer", "edgekit.data.datasets",
-    "edgekit.tasks.detection", "edgekit.tasks.segmentation",
+    "edgekit.tasks.detection", "edgekit.tasks.segmentation", "edgekit.tasks.agreement", "edgekit.manifest",
+    "edgekit.engine", "edgekit.calibration", "edgekit.onnx_io", "edgekit.backends",
+    "edgekit.backends.onnxruntime_backend", "edgekit.backends.tensorrt_backend", "edgekit.backends.cuda_mem",
 ]
 
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"

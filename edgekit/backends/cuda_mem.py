@@ -2,6 +2,8 @@
 (`cuda.bindings.runtime` from 12.6.1, `cuda.cudart` before; 13.0 removed the old names) or pycuda.
 Neither comes with JetPack by default; whichever is installed is used."""
 
+import ctypes
+import importlib
 from typing import Any, List, Optional, Tuple
 
 import numpy as np
@@ -41,9 +43,9 @@ class CudaPython(CudaApi):
 
     def __init__(self) -> None:
         try:
-            from cuda.bindings import runtime as rt  # cuda-python >= 12.6.1
+            rt = importlib.import_module("cuda.bindings.runtime")  # cuda-python >= 12.6.1
         except ImportError:
-            from cuda import cudart as rt  # type: ignore[no-redef]  # older releases
+            rt = importlib.import_module("cuda.cudart")  # older releases
         self.rt = rt
         _check(rt.cudaFree(0))  # creates the context; fails clearly where there is no GPU
 
@@ -84,12 +86,9 @@ class CudaPython(CudaApi):
         # Page-locked host memory makes the async copies truly asynchronous.
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         ptr = int(_check(self.rt.cudaMallocHost(max(1, nbytes))))
-        import ctypes
-
-        buf = (ctypes.c_byte * max(1, nbytes)).from_address(ptr)
-        arr = np.frombuffer(buf, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
-        self._pinned = getattr(self, "_pinned", []) + [ptr]
-        return arr
+        raw = np.ctypeslib.as_array((ctypes.c_byte * max(1, nbytes)).from_address(ptr))
+        self._pinned = getattr(self, "_pinned", []) + [ptr]  # freed with the process (engines live that long)
+        return raw.view(np.dtype(dtype))[: int(np.prod(shape))].reshape(shape)
 
     def device_info(self) -> Tuple[str, str]:
         dev = int(_check(self.rt.cudaGetDevice()))
@@ -102,10 +101,8 @@ class PyCuda(CudaApi):
     name = "pycuda"
 
     def __init__(self) -> None:
-        import pycuda.autoinit  # noqa: F401  (creates the context)
-        import pycuda.driver as drv
-
-        self.drv = drv
+        importlib.import_module("pycuda.autoinit")  # creates the context
+        self.drv = importlib.import_module("pycuda.driver")
 
     def malloc(self, nbytes: int) -> int:
         alloc = self.drv.mem_alloc(max(1, nbytes))

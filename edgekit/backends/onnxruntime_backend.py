@@ -66,9 +66,9 @@ class OnnxRuntimeBackend(Backend):
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EdgekitError(f"{path}: ONNX Runtime cannot load it: {first}") from None
-        self._inputs = [TensorSpec(i.name, tuple(i.shape), _ORT_DTYPES.get(i.type, i.type))
+        self._inputs = [TensorSpec(i.name, tuple(i.shape), _ORT_DTYPES.get(str(i.type), str(i.type)))
                         for i in self.session.get_inputs()]
-        self._outputs = [TensorSpec(o.name, tuple(o.shape), _ORT_DTYPES.get(o.type, o.type))
+        self._outputs = [TensorSpec(o.name, tuple(o.shape), _ORT_DTYPES.get(str(o.type), str(o.type)))
                          for o in self.session.get_outputs()]
         self._names = [o.name for o in self._outputs]
         self._timing = Timing()

@@ -34,12 +34,12 @@ class _Logger:
         base = trt.ILogger
 
         class Keep(base):  # type: ignore[misc, valid-type]
-            def __init__(inner) -> None:
-                base.__init__(inner)
-                inner.lines = []
+            def __init__(self) -> None:
+                base.__init__(self)
+                self.lines: List[str] = []
 
-            def log(inner, severity: Any, msg: str) -> None:
-                inner.lines.append(f"[{severity.name if hasattr(severity, 'name') else severity}] {msg}")
+            def log(self, severity: Any, msg: str) -> None:
+                self.lines.append(f"[{getattr(severity, 'name', severity)}] {msg}")
 
         self.logger = Keep()
 
@@ -111,7 +111,8 @@ def _make_calibrator(trt: Any, tensors: Sequence[np.ndarray], cache: Path, cuda:
 
 
 def build_serialized(
-    onnx_path: Path,
+    fp32_onnx: Path,
+    qdq_onnx: Optional[Path],
     out: Path,
     precision: str,
     card: ModelCard,
@@ -123,7 +124,12 @@ def build_serialized(
     sparsity: bool,
     max_batch: int,
 ) -> Dict[str, Any]:
-    """Build a serialized engine from ONNX into `out`; returns the manifest's backend section."""
+    """Build a serialized engine into `out`; returns the manifest's backend section.
+
+    INT8 builds from the symmetric Q/DQ ONNX (explicit quantization) except on DLA and TensorRT 8.x,
+    which calibrate the FP32 ONNX implicitly (and keep a calibration cache): TensorRT must never get
+    a calibration table for a Q/DQ model.
+    """
     trt = _trt()
     cuda = open_cuda()
     log = _Logger(trt)
@@ -138,6 +144,7 @@ def build_serialized(
     # (recognized by having no strongly typed networks).
     pre_9 = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None) is None
     implicit_int8 = precision == "int8" and (dla_core is not None or pre_9)
+    onnx_path = qdq_onnx if precision == "int8" and not implicit_int8 and qdq_onnx is not None else fp32_onnx
     if precision == "fp16" and strongly_typed:
         onnx_path = _to_fp16_onnx(onnx_path, out.with_suffix(".fp16.onnx"))
     network = builder.create_network(_network_flags(trt, strongly_typed))
