@@ -9,7 +9,7 @@ RUNTIME_MODULES = [
     "edgekit", "edgekit.cli", "edgekit.card", "edgekit.errors", "edgekit.artifacts", "edgekit.preprocess",
     "edgekit.metrics", "edgekit.data.synth", "edgekit.data.writer", "edgekit.data.datasets",
     "edgekit.tasks.detection", "edgekit.tasks.segmentation", "edgekit.tasks.agreement", "edgekit.manifest",
-    "edgekit.engine", "edgekit.calibration", "edgekit.onnx_io", "edgekit.backends",
+    "edgekit.engine", "edgekit.calibration", "edgekit.onnx_io", "edgekit.evaluate", "edgekit.backends",
     "edgekit.backends.onnxruntime_backend", "edgekit.backends.tensorrt_backend", "edgekit.backends.cuda_mem",
 ]
 

@@ -123,6 +123,7 @@ def build_serialized(
     timing_cache: Optional[str],
     sparsity: bool,
     max_batch: int,
+    force_implicit: bool = False,
 ) -> Dict[str, Any]:
     """Build a serialized engine into `out`; returns the manifest's backend section.
 
@@ -143,7 +144,7 @@ def build_serialized(
     # Implicit calibration (with a calibration cache) where Q/DQ is not the way: DLA, and TensorRT 8.x
     # (recognized by having no strongly typed networks).
     pre_9 = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None) is None
-    implicit_int8 = precision == "int8" and (dla_core is not None or pre_9)
+    implicit_int8 = precision == "int8" and (dla_core is not None or pre_9 or force_implicit)
     onnx_path = qdq_onnx if precision == "int8" and not implicit_int8 and qdq_onnx is not None else fp32_onnx
     if precision == "fp16" and strongly_typed:
         onnx_path = _to_fp16_onnx(onnx_path, out.with_suffix(".fp16.onnx"))

@@ -15,11 +15,9 @@ from ..artifacts import ensure_writable_dir, write_json, write_text
 from ..card import ModelCard, _yaml
 from ..data import datasets
 from ..errors import EdgekitError
-from ..metrics import ConfusionMatrix, detection_map
+from ..evaluate import Accumulator
 from ..models import checkpoint, model_task
 from ..preprocess import resize, to_tensor
-from ..tasks import detection as det_post
-from ..tasks import segmentation as seg_post
 from .augment import augment
 from .logs import EpochLog, diagnose, plot_curves
 from .loss import detection_loss, segmentation_loss
@@ -138,8 +136,8 @@ def _loss(model, images, targets, task, device):
 def evaluate(model, batches: Batches, card: ModelCard, device: str, batch_size: int = 16) -> Dict[str, Any]:
     """Validation loss and task metric of a torch model, post-processed as at run time."""
     model.eval()
-    losses, preds, gts = [], [], []
-    cm = ConfusionMatrix(card.num_classes)
+    losses = []
+    acc = Accumulator(card)
     for images, targets, transforms, idx in batches.iterate(batch_size, None):
         images = images.to(device)
         loss, _ = _loss(model, images, targets, card.task, device)
@@ -147,17 +145,10 @@ def evaluate(model, batches: Batches, card: ModelCard, device: str, batch_size: 
         out = model(images).float().cpu().numpy()
         for o, tf, i in zip(out, transforms, idx):
             _img, boxes, classes, mask = batches.items[i]
-            if card.task == "detection":
-                d = det_post.decode(o, 0.001, card.iou_threshold, card.max_detections)
-                preds.append({"boxes": tf.boxes_to_source(d.boxes), "scores": d.scores, "classes": d.classes})
-                gts.append({"boxes": boxes, "classes": classes})
-            else:
-                cm.update(seg_post.to_frame(seg_post.class_map(o), tf), mask)
+            acc.add(o, tf, boxes, classes, mask)
     result: Dict[str, Any] = {"loss": sum(losses) / max(1, len(batches))}
-    if card.task == "detection":
-        result.update(detection_map(preds, gts, card.num_classes))
-    else:
-        result.update(cm.summary(card.classes))
+    result.update(acc.result())
+    result.pop("images")
     return result
 
 
@@ -335,3 +326,13 @@ def evaluate_checkpoint(
     result.pop("loss")
     result["images"] = len(ds)
     return result
+
+
+def torch_predict(model: torch.nn.Module):
+    """A predict function for edgekit.evaluate.evaluate over a PyTorch model (CPU)."""
+
+    @torch.no_grad()
+    def predict(x: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(x)).numpy()
+
+    return predict

@@ -1,0 +1,107 @@
+"""Real TensorRT engines of small edgekit models: built, run, compared with ONNX Runtime on the CPU."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgekit import manifest as mf
+from edgekit.build import BuildOptions, build_engine
+from edgekit.card import ModelCard
+from edgekit.engine import open_engine
+from edgekit.errors import EdgekitError
+from edgekit.export import export
+from edgekit.models import checkpoint
+from edgekit.preprocess import preprocess
+
+pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
+CLASSES = ["disc", "square", "triangle", "star"]
+
+
+@pytest.fixture(scope="module")
+def det_onnx(tmp_path_factory):
+    card = ModelCard(name="det", task="detection", arch="edgenet-det-s", classes=CLASSES, input_size=(96, 128))
+    folder = tmp_path_factory.mktemp("trt")
+    checkpoint.save(checkpoint.build(card), card, folder / "det")
+    export(folder / "det.safetensors", folder / "det.onnx")
+    return folder / "det.onnx"
+
+
+def ort_reference(onnx_path, x):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+
+
+@pytest.mark.parametrize("precision, atol", [("fp32", 1e-2), ("fp16", 0.5)])
+def test_engine_matches_onnxruntime(trt, det_onnx, tmp_path, precision, atol):
+    engine = tmp_path / f"det.{precision}.plan"
+    rep = build_engine(det_onnx, engine, BuildOptions(backend="tensorrt", precision=precision))
+    assert rep.backend == "tensorrt" and engine.is_file() and mf.path_for(engine).is_file()
+    backend, manifest, card = open_engine(engine)
+    x, _ = preprocess(np.full((240, 320, 3), 100, np.uint8), card)
+    y = backend.infer([x])[0]
+    np.testing.assert_allclose(y, ort_reference(det_onnx, x), atol=atol, rtol=1e-2)
+    t = backend.last_timing
+    assert t.device_ms is not None and t.device_ms > 0 and t.h2d_ms is not None
+    assert manifest["backend"]["gpu"] and manifest["backend"]["compute_capability"]
+
+
+def test_int8_engine_from_qdq(trt, det_onnx, tiny_calib, tmp_path):
+    engine = tmp_path / "det.int8.plan"
+    rep = build_engine(det_onnx, engine, BuildOptions(backend="tensorrt", precision="int8", calib=str(tiny_calib),
+                                                      calib_size=16))
+    assert rep.precision == "int8" and rep.agreement["frames"] > 0
+    assert json.loads(mf.path_for(engine).read_text())["files"]["tensorrt_qdq_onnx"]
+
+
+def test_implicit_calibrator_writes_and_reuses_a_cache(trt, det_onnx, tiny_calib, tmp_path):
+    if getattr(trt, "IInt8EntropyCalibrator2", None) is None:
+        pytest.skip("this TensorRT has no implicit calibrator (11.x)")
+    from edgekit.backends.tensorrt_backend import build_serialized
+    from edgekit.calibration import load
+
+    card = ModelCard(name="det", task="detection", arch="edgenet-det-s", classes=CLASSES, input_size=(96, 128))
+    tensors = [preprocess(f, card)[0] for f in load(tiny_calib, 8).frames]
+    cache = tmp_path / "det.calib.cache"
+    args = dict(precision="int8", card=card, calib_tensors=tensors, calib_cache=cache, dla_core=None,
+                workspace_mb=512, timing_cache=None, sparsity=False, max_batch=1, force_implicit=True)
+    build_serialized(det_onnx, None, tmp_path / "a.plan", **args)
+    first_line = cache.read_text(errors="replace").splitlines()[0]
+    assert first_line.startswith("TRT-") and "Calibration" in first_line
+    before = cache.stat().st_mtime_ns
+    build_serialized(det_onnx, None, tmp_path / "b.plan", **args)
+    assert cache.stat().st_mtime_ns == before or cache.read_text(errors="replace").startswith("TRT-")
+
+
+def test_manifest_from_another_gpu_is_refused(trt, det_onnx, tmp_path):
+    engine = tmp_path / "det.plan"
+    build_engine(det_onnx, engine, BuildOptions(backend="tensorrt", precision="fp32"))
+    data = json.loads(mf.path_for(engine).read_text())
+    data["backend"]["gpu"] = "Some Other GPU"
+    mf.path_for(engine).write_text(json.dumps(data))
+    with pytest.raises(EdgekitError, match="built with gpu Some Other GPU"):
+        open_engine(engine)
+
+
+@pytest.mark.jetson
+def test_dla_engine_where_present(trt, det_onnx, tiny_calib, tmp_path):
+    builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
+    if builder.num_DLA_cores == 0:
+        pytest.skip("no DLA cores on this device")
+    engine = tmp_path / "det.dla.plan"
+    rep = build_engine(det_onnx, engine, BuildOptions(backend="tensorrt", precision="fp16", dla_core=0))
+    assert json.loads(mf.path_for(engine).read_text())["backend"]["dla_core"] == 0
+    assert rep.agreement["detection_f1"] >= 0.0
+
+
+@pytest.fixture(scope="module")
+def tiny_calib(tmp_path_factory):
+    import cv2
+
+    from edgekit.data.synth import render_image
+
+    folder = tmp_path_factory.mktemp("calib")
+    for i in range(16):
+        cv2.imwrite(str(folder / f"{i:03d}.jpg"), render_image(5, i).image)
+    return folder
