@@ -40,7 +40,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     summary = write_dataset(
         args.out, seed=args.seed, counts={"train": args.train, "val": args.val, "test": args.test},
         size=args.size, videos=args.videos, video_frames=args.video_frames, video_size=args.video_size,
-        fps=args.fps, overwrite=args.overwrite, progress=not args.quiet,
+        fps=args.fps, overwrite=args.overwrite, progress=not args.quiet, jpeg_quality=args.jpeg_quality,
     )
     print(balance_markdown(summary), end="")
     print(f"wrote {args.out}")
@@ -210,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--video-frames", type=int, default=150)
     synth.add_argument("--video-size", type=_size, default=(640, 480))
     synth.add_argument("--fps", type=float, default=15.0)
+    synth.add_argument("--jpeg-quality", type=int, default=92, choices=range(10, 101), metavar="10..100")
     synth.add_argument("--overwrite", action="store_true")
     synth.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     synth.set_defaults(func=cmd_data_synth)

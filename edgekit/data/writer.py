@@ -52,6 +52,7 @@ def write_dataset(
     fps: float = 15.0,
     overwrite: bool = False,
     progress: bool = True,
+    jpeg_quality: int = 92,
 ) -> Dict:
     """Generate the dataset into `out` atomically; returns the class-balance summary."""
     counts = counts or {"train": 1200, "val": 200, "test": 200}
@@ -69,7 +70,7 @@ def write_dataset(
             for i in _progress(range(n), f"synth {split}", progress):
                 frame = render_image(seed, SPLIT_OFFSETS[split] + i, size)
                 stem = f"{i:06d}"
-                cv2.imwrite(str(tmp / "images" / split / f"{stem}.jpg"), frame.image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+                cv2.imwrite(str(tmp / "images" / split / f"{stem}.jpg"), frame.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
                 cv2.imwrite(str(tmp / "masks" / split / f"{stem}.png"), frame.mask)
                 (tmp / "labels" / split / f"{stem}.txt").write_text("".join(x + "\n" for x in _yolo_lines(frame)))
                 records.append((f"{stem}.jpg", frame))
