@@ -70,7 +70,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             task=args.task, data=args.data, out=args.out, arch=args.arch or "", format=args.format,
             imgsz=(height, width), resize=args.resize or "", epochs=args.epochs or 30, batch_size=args.batch_size,
             optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
-            seed=args.seed, init=args.init or "", freeze=args.freeze or "", name=args.name or "",
+            seed=args.seed, init=args.init or "", init_backbone=args.init_backbone or "", freeze=args.freeze or "",
+            name=args.name or "",
             device=args.device, max_train_images=args.max_train_images, max_val_images=args.max_val_images,
             progress=not args.quiet,
         )
@@ -236,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--patience", type=int, default=8, help="early stop after this many epochs without gain")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--init", help="checkpoint to start from (transfer learning)")
+    tr.add_argument("--init-backbone", metavar="CKPT",
+                    help="start the backbone from any edgekit checkpoint whose backbone fits (e.g. a detector's)")
     tr.add_argument("--freeze", choices=("backbone",), help="keep the backbone fixed")
     tr.add_argument("--name", help="model name in the card (default: the run folder's name)")
     tr.add_argument("--device", default="auto", help="cpu, cuda or auto")
@@ -308,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo", help="run the whole available chain on the shipped models and synthetic data",
-        description="Generate synthetic data, measure the shipped models on it and fine-tune the detector.",
+        description="Generate synthetic test data, export both shipped models, build INT8 engines on the best "
+                    "available backend and measure checkpoint and engine accuracy on the test split.",
     )
     demo.add_argument("--out", default="build/demo", help="output folder (default build/demo)")
     demo.set_defaults(func=cmd_demo)

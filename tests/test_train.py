@@ -92,3 +92,22 @@ def test_fine_tune_with_frozen_backbone_changes_only_the_rest(tiny_synth, tmp_pa
     b, a = before.state_dict(), after.state_dict()
     assert all(torch.equal(b[k], a[k]) for k in b if k.startswith("backbone."))
     assert not all(torch.equal(b[k], a[k]) for k in b if k.startswith(("neck.", "box_head.", "cls_head.")))
+
+
+def test_backbone_moves_from_a_detector_to_a_segmenter(tiny_synth, tmp_path):
+    det = tmp_path / "det"
+    r = run_cli("train", "--task", "detection", "--data", str(tiny_synth), "--out", str(det), "--imgsz", "64",
+                "--epochs", "1", "--batch-size", "8", "-q")
+    assert r.returncode == 0, r.stderr
+    seg = tmp_path / "seg"
+    r = run_cli("train", "--task", "segmentation", "--data", str(tiny_synth), "--out", str(seg), "--imgsz", "64",
+                "--epochs", "1", "--batch-size", "8", "-q", "--init-backbone", str(det / "best.safetensors"),
+                "--freeze", "backbone")
+    assert r.returncode == 0, r.stderr
+    d, _ = checkpoint.load(det)
+    s, _ = checkpoint.load(seg / "best.safetensors")
+    assert all(torch.equal(v, s.state_dict()[k]) for k, v in d.state_dict().items() if k.startswith("backbone."))
+    r = run_cli("train", "--task", "segmentation", "--data", str(tiny_synth), "--out", str(tmp_path / "x"),
+                "--arch", "edgenet-seg-m", "--imgsz", "64", "--epochs", "1", "-q",
+                "--init-backbone", str(det / "best.safetensors"))
+    assert r.returncode == 1 and "do not fit the backbone of architecture 'edgenet-seg-m'" in r.stderr

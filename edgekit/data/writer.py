@@ -70,7 +70,8 @@ def write_dataset(
             for i in _progress(range(n), f"synth {split}", progress):
                 frame = render_image(seed, SPLIT_OFFSETS[split] + i, size)
                 stem = f"{i:06d}"
-                cv2.imwrite(str(tmp / "images" / split / f"{stem}.jpg"), frame.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+                jpeg = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
+                cv2.imwrite(str(tmp / "images" / split / f"{stem}.jpg"), frame.image, jpeg)
                 cv2.imwrite(str(tmp / "masks" / split / f"{stem}.png"), frame.mask)
                 (tmp / "labels" / split / f"{stem}.txt").write_text("".join(x + "\n" for x in _yolo_lines(frame)))
                 records.append((f"{stem}.jpg", frame))

@@ -7,7 +7,6 @@ folder holding exactly one such pair, names it.
 from pathlib import Path
 from typing import Optional, Tuple
 
-import torch
 from torch import nn
 
 from ..artifacts import atomic_path
@@ -111,16 +110,19 @@ def _load_state(model: nn.Module, state: dict, weights: Path, arch: str) -> None
     model.load_state_dict(state)
 
 
-def load_weights_into(model: nn.Module, path: "str | Path", arch: str) -> None:
-    """Transfer learning: copy every tensor whose name and shape match (a new head may differ)."""
+def load_weights_into(model: nn.Module, path: "str | Path", arch: str, prefix: str = "") -> int:
+    """Transfer learning: copy every tensor (under `prefix`) whose name and shape match; returns how many.
+
+    With prefix "backbone." this moves a backbone between tasks (a detector's into a segmenter)."""
     weights, _ = resolve(path)
     state = _safetensors().load_file(str(weights))
     own = model.state_dict()
-    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not fitting:
-        raise EdgekitError(f"{weights}: no tensor fits architecture '{arch}'; is it another model family?")
+    fitting = {k: v for k, v in state.items()
+               if k.startswith(prefix) and k in own and own[k].shape == v.shape}
+    wanted = [k for k in own if k.startswith(prefix)]
+    if not fitting or (prefix and len(fitting) != len(wanted)):
+        what = f"the {prefix.rstrip('.')} of architecture '{arch}'" if prefix else f"architecture '{arch}'"
+        raise EdgekitError(f"{weights}: its tensors do not fit {what} ({len(fitting)} of {len(wanted)} match)")
     own.update(fitting)
     model.load_state_dict(own)
-
-
-__all__ = ["save", "load", "build", "resolve", "load_weights_into", "torch"]
+    return len(fitting)

@@ -46,6 +46,7 @@ class TrainConfig:
     patience: int = 8
     seed: int = 0
     init: str = ""
+    init_backbone: str = ""  # a checkpoint of any task whose backbone fits (e.g. detector -> segmenter)
     freeze: str = ""  # "" or "backbone"
     name: str = ""
     device: str = "auto"
@@ -66,6 +67,8 @@ class TrainConfig:
             raise EdgekitError(f"--imgsz must be multiples of 32, got {c.imgsz[0]}x{c.imgsz[1]}")
         if c.optimizer not in ("adamw", "sgd"):
             raise EdgekitError(f"--optimizer must be adamw or sgd, not '{c.optimizer}'")
+        if c.init and c.init_backbone:
+            raise EdgekitError("--init and --init-backbone exclude each other")
         if c.freeze not in ("", "backbone"):
             raise EdgekitError(f"--freeze takes 'backbone', not '{c.freeze}'")
         if c.epochs < 1 or c.batch_size < 1 or not c.lr > 0:
@@ -178,6 +181,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Dict[str, Any]:
             raise EdgekitError(f"--init {cfg.init}: architecture '{init_card.arch}' differs from --arch {cfg.arch}")
         checkpoint.load_weights_into(model, cfg.init, cfg.arch)
         del init_model
+    if cfg.init_backbone:
+        checkpoint.resolve(cfg.init_backbone)
+        checkpoint.load_weights_into(model, cfg.init_backbone, cfg.arch, prefix="backbone.")
     train_b = Batches(train_ds, card, cfg.max_train_images)
     val_b = Batches(val_ds, card, cfg.max_val_images)
 
