@@ -53,10 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train.loop import TrainConfig, config_from_file, train
 
     if args.resume:
-        cfg = config_from_file(Path(args.resume) / "config.yaml") if (Path(args.resume) / "config.yaml").is_file() \
-            else None
-        if cfg is None:
-            raise EdgekitError(f"{args.resume}: nothing to resume (no config.yaml in the run folder)")
+        cfg = config_from_file(Path(args.resume) / "config.yaml")
         if args.epochs:
             cfg.epochs = args.epochs
         cfg.progress = not args.quiet
@@ -71,9 +68,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             imgsz=(height, width), resize=args.resize or "", epochs=args.epochs or 30, batch_size=args.batch_size,
             optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
             seed=args.seed, init=args.init or "", init_backbone=args.init_backbone or "", freeze=args.freeze or "",
-            name=args.name or "",
-            device=args.device, max_train_images=args.max_train_images, max_val_images=args.max_val_images,
-            progress=not args.quiet,
+            name=args.name or "", device=args.device, max_train_images=args.max_train_images,
+            max_val_images=args.max_val_images, progress=not args.quiet,
         )
         report = train(cfg)
     metric = [k for k in report if k.startswith("best_val_")][0]

@@ -298,6 +298,8 @@ def _config_dict(cfg: TrainConfig) -> Dict[str, Any]:
 
 
 def config_from_file(path: Path) -> TrainConfig:
+    if not path.is_file():
+        raise EdgekitError(f"{path.parent}: nothing to resume (no config.yaml in the run folder)")
     d = _yaml().safe_load(path.read_text())
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = set(d) - names
