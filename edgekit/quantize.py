@@ -5,6 +5,7 @@ that ONNX Runtime runs correctly, to predict the Jetson engine's accuracy), and 
 asymmetric activations, int8 per-channel weights) that ONNX Runtime's x86/ARM CPU kernels run fast.
 """
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set
@@ -62,6 +63,14 @@ def resolve_keep(model: Any, keep: Sequence[str], source: str) -> Dict[str, str]
     return kept
 
 
+class _QuietPreprocessHint(logging.Filter):
+    """onnxruntime.quantization logs a pre-processing hint on the root logger on every call; our graphs
+    come from export already simplified (onnxslim), so the hint is noise for edgekit's users."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-process" not in record.getMessage()
+
+
 class _Reader:
     """onnxruntime.quantization CalibrationDataReader over preprocessed tensors."""
 
@@ -89,7 +98,7 @@ def quantize(
 ) -> QuantResult:
     """Write the TensorRT-style symmetric Q/DQ file and (unless cpu_out is None) the U8S8 CPU file."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod
 
     if method not in METHODS:
         raise EdgekitError(f"--calib-method {method}: choose one of {', '.join(METHODS)}")
@@ -97,6 +106,19 @@ def quantize(
     kept = resolve_keep(model, keep, str(fp32_path))
     calib_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                     "percentile": CalibrationMethod.Percentile}[method]
+    hint_filter = _QuietPreprocessHint()
+    logging.getLogger().addFilter(hint_filter)
+    try:
+        _quantize_both(fp32_path, input_name, tensors, trt_out, cpu_out, calib_method, kept)
+    finally:
+        logging.getLogger().removeFilter(hint_filter)
+    return QuantResult(sorted(kept), kept)
+
+
+def _quantize_both(fp32_path: Path, input_name: str, tensors: Sequence[np.ndarray], trt_out: Path,
+                   cpu_out: Optional[Path], calib_method: Any, kept: Dict[str, str]) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
     common: Dict[str, Any] = dict(quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=calib_method,
                                   nodes_to_exclude=sorted(kept))
     # TensorRT: int8 activations and weights, zero point 0 everywhere, biases left in float.
@@ -108,4 +130,3 @@ def quantize(
         # ONNX Runtime CPU: uint8 asymmetric activations with int8 per-channel weights (U8S8).
         quantize_static(str(fp32_path), str(cpu_out), _Reader(input_name, tensors), activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, **common)
-    return QuantResult(sorted(kept), kept)
