@@ -11,6 +11,7 @@ RUNTIME_MODULES = [
     "edgekit.tasks.detection", "edgekit.tasks.segmentation", "edgekit.tasks.agreement", "edgekit.manifest",
     "edgekit.engine", "edgekit.calibration", "edgekit.onnx_io", "edgekit.evaluate", "edgekit.backends",
     "edgekit.backends.onnxruntime_backend", "edgekit.backends.tensorrt_backend", "edgekit.backends.cuda_mem",
+    "edgekit.stream.sources", "edgekit.stream.pipeline", "edgekit.stream.runner", "edgekit.stream.report",
 ]
 
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"

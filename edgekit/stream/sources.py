@@ -6,6 +6,7 @@ behind, the oldest waiting frame is dropped and counted. File sources are read a
 pipeline takes them, and no frame is ever dropped.
 """
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,14 @@ import numpy as np
 
 from ..data.datasets import IMAGE_EXTS
 from ..errors import EdgekitError
+
+# OpenCV and its FFmpeg print warnings of their own for every failed open or damaged packet; edgekit
+# reports those as one line. EDGEKIT_VIDEO_LOG=1 brings them back for debugging.
+if not os.environ.get("EDGEKIT_VIDEO_LOG"):
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+    if hasattr(cv2, "setLogLevel"):
+        cv2.setLogLevel(0)
 
 
 @dataclass
@@ -48,12 +57,20 @@ class Source:
         pass
 
 
+_IMAGE_MAGIC = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"), (b"GIF8", "GIF"))
+
+
 class VideoFileSource(Source):
     def __init__(self, path: Path, loop: bool = False) -> None:
         if not path.is_file():
             raise EdgekitError(f"{path}: video file not found")
         if path.stat().st_size == 0:
             raise EdgekitError(f"{path}: empty file, not a video")
+        with open(path, "rb") as f:
+            head = f.read(8)
+        for magic, kind in _IMAGE_MAGIC:
+            if head.startswith(magic):
+                raise EdgekitError(f"{path}: this is a {kind} image, not a video (pass its folder to read images)")
         self.path, self.loop = path, loop
         cap = self._open()
         ok, first = cap.read()
@@ -153,8 +170,6 @@ class CaptureSource(Source):
 
     def _open(self, first: bool = False) -> Any:
         if self.kind == "rtsp":
-            import os
-
             # FFmpeg options for OpenCV's capture: transport and a read timeout (microseconds).
             os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = (
                 f"rtsp_transport;{self.rtsp_transport}|timeout;{int(self.timeout_s * 1e6)}"

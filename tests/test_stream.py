@@ -1,0 +1,230 @@
+"""run-stream end to end on CPU: real videos, the synthetic live source, a real RTSP server."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+from conftest import ROOT, assert_one_line_error, run_cli
+
+from edgekit.build import BuildOptions, build_engine
+from edgekit.demo import SHIPPED
+from edgekit.export import export
+from edgekit.stream.runner import StreamOptions, run_stream
+
+REPORT_KEYS = {"schema", "source", "frames", "stop_reason", "error", "wall_seconds", "throughput_fps",
+               "end_to_end_ms", "stages_ms", "queue_wait_ms", "device_ms", "engine", "accuracy", "outputs",
+               "environment"}
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    """INT8 engines of both shipped models, built the way users build them."""
+    out = tmp_path_factory.mktemp("engines")
+    built = {}
+    for task, ckpt in SHIPPED.items():
+        export(ckpt, out / f"{task}.onnx")
+        rep = build_engine(out / f"{task}.onnx", out / f"{task}.int8.onnx", BuildOptions(
+            backend="onnxruntime", precision="int8", calib=str(ROOT / "calibration" / "synth"), calib_size=32))
+        built[task] = rep.engine
+    return built
+
+
+def frames_in(path: Path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    return n
+
+
+def test_file_source_processes_every_frame(engines, tiny_synth, tmp_path):
+    video = tiny_synth / "videos" / "stream_00.mp4"
+    out = tmp_path / "run"
+    r = run_cli("run-stream", str(engines["detection"]), str(video), "--out", str(out), "-q")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert set(report) >= REPORT_KEYS
+    assert report["schema"] == "edgekit.stream-report/1"
+    n = frames_in(video)
+    assert report["frames"] == {"in": n, "processed": n, "dropped": 0, "accounted": True}
+    assert report["stop_reason"] == "end of stream"
+    for stage in ("capture", "preprocess", "infer", "postprocess", "sink"):
+        s = report["stages_ms"][stage]
+        assert s["count"] == n and 0 <= s["p50"] <= s["p90"] <= s["p99"] <= s["max"]
+    assert report["end_to_end_ms"]["p50"] >= report["stages_ms"]["infer"]["p50"]
+    assert frames_in(out / "annotated.mp4") == n
+    rows = [json.loads(ln) for ln in (out / "results.jsonl").read_text().splitlines()]
+    assert [row["frame"] for row in rows] == list(range(n))
+    assert (out / "report.md").read_text().startswith("# Stream report")
+    assert (out / "latency_cdf.png").is_file() and (out / "stages.png").is_file()
+
+
+def test_detector_against_synthetic_ground_truth(engines, tmp_path):
+    rep = run_stream(engines["detection"], "synthetic://?fps=15&seed=3", StreamOptions(
+        out=str(tmp_path), max_frames=45, save_video=False, progress=False))
+    f = rep["frames"]
+    assert f["accounted"] and f["in"] == 45
+    acc = rep["accuracy"]
+    assert acc["precision"] >= 0.75 and acc["recall"] >= 0.6, acc
+
+
+def test_segmenter_against_synthetic_ground_truth(engines, tmp_path):
+    rep = run_stream(engines["segmentation"], "synthetic://?fps=15&seed=3", StreamOptions(
+        out=str(tmp_path), max_frames=30, save_video=False, progress=False))
+    assert rep["frames"]["accounted"]
+    assert rep["accuracy"]["mIoU"] >= 0.6, rep["accuracy"]
+
+
+def test_live_source_drops_oldest_and_counts_it(engines, tmp_path):
+    # A source far faster than the pipeline: frames must be dropped, and every one counted.
+    rep = run_stream(engines["segmentation"], "synthetic://?fps=1000", StreamOptions(
+        out=str(tmp_path), duration=2.0, queue_size=1, progress=False))
+    f = rep["frames"]
+    assert f["dropped"] > 0 and f["in"] == f["processed"] + f["dropped"]
+
+
+def test_ctrl_c_mid_run_still_writes_the_report(engines, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "run-stream", str(engines["detection"]),
+                             "synthetic://?fps=20", "--out", str(out), "-q"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "results.jsonl").is_file() or (out / "results.jsonl").stat().st_size == 0:
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["stop_reason"] == "interrupted (Ctrl-C)"
+    assert report["frames"]["accounted"] and report["frames"]["processed"] > 0
+    assert "Traceback" not in stderr
+
+
+def test_sigterm_ends_the_run_cleanly(engines, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "run-stream", str(engines["detection"]),
+                             "synthetic://?fps=20", "--out", str(out), "-q", "--no-video"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert json.loads((out / "report.json").read_text())["stop_reason"] == "terminated (SIGTERM)"
+
+
+def test_run_stream_never_imports_torch(engines, tiny_synth, tmp_path):
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from edgekit.cli import main\n"
+            f"raise SystemExit(main(['run-stream', {str(engines['detection'])!r}, "
+            f"{str(tiny_synth / 'videos' / 'stream_00.mp4')!r}, '--out', {str(tmp_path)!r}, '-q']))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p, "source not found"),
+    (lambda p: (p.write_bytes(b""), p)[1], "empty file, not a video"),
+    (lambda p: (cv2.imwrite(str(p.with_suffix(".png")), cv2.UMat(8, 8, cv2.CV_8UC3).get()),
+                p.with_suffix(".png").rename(p), p)[2], "this is a PNG image, not a video"),
+    (lambda p: (p.write_bytes(b"\x00\x01 not a container" * 100), p)[1], "cannot open video"),
+])
+def test_bad_videos(engines, tmp_path, make, message):
+    video = make(tmp_path / "v.mp4")
+    r = run_cli("run-stream", str(engines["detection"]), str(video), "--out", str(tmp_path / "o"), "-q")
+    assert_one_line_error(r, message)
+
+
+def test_truncated_video_processes_what_decodes(engines, tiny_synth, tmp_path):
+    src = tiny_synth / "videos" / "stream_00.mp4"
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(src.read_bytes()[: int(src.stat().st_size * 0.6)])
+    r = run_cli("run-stream", str(engines["detection"]), str(cut), "--out", str(tmp_path / "o"), "-q")
+    if r.returncode == 0:
+        f = json.loads((tmp_path / "o" / "report.json").read_text())["frames"]
+        assert f["accounted"] and f["processed"] == f["in"]
+    else:
+        assert_one_line_error(r, "cut.mp4")
+
+
+def test_engine_of_the_other_task(engines, tiny_synth, tmp_path):
+    r = run_cli("run-stream", str(engines["segmentation"]), str(tiny_synth / "videos" / "stream_00.mp4"),
+                "--task", "detection", "--out", str(tmp_path / "o"), "-q")
+    assert_one_line_error(r, "is a segmentation model", "not detection")
+
+
+def test_unwritable_output_folder(engines, tiny_synth, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run_cli("run-stream", str(engines["detection"]), str(tiny_synth / "videos" / "stream_00.mp4"),
+                "--out", str(blocker / "o"), "-q")
+    assert_one_line_error(r, "cannot create output folder")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_rtsp_url_that_refuses_connection(engines, tmp_path):
+    r = run_cli("run-stream", str(engines["detection"]), f"rtsp://127.0.0.1:{free_port()}/live",
+                "--out", str(tmp_path / "o"), "-q", "--timeout", "2")
+    assert_one_line_error(r, "RTSP stream refused or unreachable")
+
+
+def _rtsp_server_available() -> bool:
+    r = subprocess.run(["/usr/bin/python3", "-c", "import gi; gi.require_version('GstRtspServer', '1.0'); "
+                        "from gi.repository import GstRtspServer"], capture_output=True)
+    return r.returncode == 0
+
+
+class RtspServer:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.proc = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["/usr/bin/python3", str(ROOT / "tests" / "rtsp_server.py"), str(self.port)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/python3") or not _rtsp_server_available(),
+                    reason="GStreamer's RTSP server is not installed (.ci/run installs it)")
+def test_rtsp_stream_survives_a_server_restart(engines, tmp_path):
+    server = RtspServer(free_port())
+    server.start()
+    result = {}
+    opts = StreamOptions(out=str(tmp_path), duration=14.0, timeout=2.0, reconnect=5, save_video=False, progress=False)
+    t = threading.Thread(target=lambda: result.update(run_stream(
+        engines["detection"], f"rtsp://127.0.0.1:{server.port}/live", opts)))
+    try:
+        t.start()
+        time.sleep(5)
+        server.stop()
+        time.sleep(1)
+        server.start()
+        t.join(timeout=60)
+    finally:
+        server.stop()
+    assert not t.is_alive()
+    f = result["frames"]
+    assert result["source"]["reconnects"] >= 1, result
+    assert f["accounted"] and f["processed"] > 60
+    rows = [json.loads(ln) for ln in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == f["processed"]
