@@ -64,8 +64,11 @@ def markdown(r: Dict[str, Any]) -> str:
     ]
     if r.get("error"):
         lines.append(f"- error: {r['error']}")
-    if r.get("accuracy"):
-        lines.append(f"- accuracy against the synthetic ground truth: {r['accuracy']}")
+    acc = r.get("accuracy")
+    if acc:
+        text = (f"precision {acc['precision']:.3f}, recall {acc['recall']:.3f} (IoU >= 0.5, same class)"
+                if "precision" in acc else f"mIoU {acc['mIoU']:.3f}")
+        lines.append(f"- accuracy against the source's ground truth: {text}")
     lines += ["", "| latency (ms) | p50 | p90 | p99 | max | mean | CV |", "|---|---:|---:|---:|---:|---:|---:|"]
     lines.append(row("**end to end**", r["end_to_end_ms"]))
     for s, st in r["stages_ms"].items():

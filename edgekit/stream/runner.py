@@ -83,6 +83,8 @@ class TruthScore:
         if f.truth is None:
             return
         if self.card.task == "detection":
+            if "boxes" not in f.truth:
+                return
             gt_boxes = np.asarray(f.truth["boxes"], np.float32).reshape(-1, 4)
             gt_cls = np.asarray(f.truth["classes"], np.int64)
             d = f.result
@@ -98,7 +100,7 @@ class TruthScore:
             self.tp += matched
             self.fp += len(d) - matched
             self.fn += len(gt_boxes) - matched
-        else:
+        elif "mask" in f.truth:
             self.cm.update(f.result["classes"], f.truth["mask"])
 
     def close(self) -> None:
@@ -167,7 +169,7 @@ def run_stream(engine: "str | Path", source_uri: str, opts: StreamOptions) -> Di
     source = open_source(source_uri, loop=opts.loop, timeout_s=opts.timeout, reconnect=opts.reconnect,
                          rtsp_transport=opts.rtsp_transport, rtsp_latency_ms=opts.rtsp_latency_ms)
     sinks: List[Any] = []
-    truth = TruthScore(card) if source.info.kind == "synthetic" else None
+    truth = TruthScore(card) if source.has_truth else None
     if truth is not None:
         sinks.append(truth)
     if opts.save_video:

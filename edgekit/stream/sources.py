@@ -49,6 +49,7 @@ class SourceInfo:
 class Source:
     info: SourceInfo
     reconnects = 0
+    has_truth = False  # frames carry ground truth (synthetic sources, videos from `edgekit data synth`)
 
     def frames(self) -> Iterator[Captured]:
         raise NotImplementedError
@@ -80,6 +81,26 @@ class VideoFileSource(Source):
         self.info = SourceInfo(str(path), "file", False, cap.get(cv2.CAP_PROP_FPS) or 0.0,
                                first.shape[1], first.shape[0])
         cap.release()
+        # Ground truth beside a video written by `edgekit data synth`: NAME.gt.jsonl (+ NAME.masks.npz).
+        self.gt_path = path.with_name(path.stem + ".gt.jsonl")
+        self.masks_path = path.with_name(path.stem + ".masks.npz")
+        self.has_truth = self.gt_path.is_file()
+
+    def _truth(self) -> Iterator[Optional[Dict[str, Any]]]:
+        if not self.has_truth:
+            while True:
+                yield None
+        import json
+
+        masks = np.load(self.masks_path)["masks"] if self.masks_path.is_file() else None
+        with open(self.gt_path) as f:
+            for i, line in enumerate(f):
+                row = json.loads(line)
+                if masks is not None and i < len(masks):
+                    row["mask"] = masks[i]
+                yield row
+        while True:
+            yield None
 
     def _open(self) -> Any:
         cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
@@ -90,12 +111,13 @@ class VideoFileSource(Source):
     def frames(self) -> Iterator[Captured]:
         while True:
             cap = self._open()
+            truth = self._truth()
             try:
                 while True:
                     ok, frame = cap.read()
                     if not ok:
                         break
-                    yield Captured(frame, time.monotonic_ns())
+                    yield Captured(frame, time.monotonic_ns(), next(truth))
             finally:
                 cap.release()
             if not self.loop:
@@ -138,6 +160,7 @@ class SyntheticSource(Source):
 
         self.scene = VideoScene(seed, (w, h), objects=objects, speed=speed)
         self.info = SourceInfo(uri, "synthetic", True, self.fps, w, h)
+        self.has_truth = True
 
     def frames(self) -> Iterator[Captured]:
         period = 1e9 / self.fps if self.fps > 0 else 0
