@@ -228,3 +228,21 @@ def test_rtsp_stream_survives_a_server_restart(engines, tmp_path):
     assert f["accounted"] and f["processed"] > 60
     rows = [json.loads(ln) for ln in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert len(rows) == f["processed"]
+
+
+def test_absent_camera(engines, tmp_path):
+    r = run_cli("run-stream", str(engines["detection"]), "/dev/video97", "--out", str(tmp_path / "o"), "-q")
+    assert_one_line_error(r, "/dev/video97: cannot open (camera absent or busy)")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to simulate a full disk")
+def test_disk_full_mid_run_keeps_the_report_and_the_count(engines, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "results.jsonl").symlink_to("/dev/full")  # writes fail with ENOSPC once the buffer flushes
+    r = run_cli("run-stream", str(engines["detection"]), "synthetic://?fps=200", "--max-frames", "400",
+                "--out", str(out), "-q", "--no-video")
+    assert_one_line_error(r, "disk full", "report of the")
+    report = json.loads((out / "report.json").read_text())
+    f = report["frames"]
+    assert f["accounted"] and f["processed"] > 0 and report["error"]
