@@ -71,7 +71,8 @@ def main() -> None:
             rep = export(ckpt, onnx_path)
             fp32 = build_engine(onnx_path, tmp / f"{task}.fp32.onnx", BuildOptions(backend="onnxruntime"))
             int8 = build_engine(onnx_path, tmp / f"{task}.int8.onnx", BuildOptions(
-                backend="onnxruntime", precision="int8", calib=args.calib, calib_method=args.calib_method,
+                backend="onnxruntime", precision="int8", calib=args.calib, calib_size=32,
+                calib_method=args.calib_method,
                 keep_fp32=args.keep_fp32))
             b32, _, card = open_engine(fp32.engine)
             b8, manifest, _ = open_engine(int8.engine)

@@ -13,7 +13,6 @@ keep up with; peak RSS of a run-stream process. Repeats interleave A B C, median
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -88,10 +87,17 @@ def run_stream_fps(engine: Path, frames: int, out: Path) -> float:
 
 
 def peak_rss_mb(engine: Path, out: Path) -> float:
-    """Peak RSS of a separate `edgekit run-stream` process (annotated video on, as users run it)."""
-    subprocess.run([sys.executable, "-m", "edgekit", "run-stream", str(engine), str(VIDEO), "--out", str(out),
-                    "-q"], check=True, capture_output=True)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    """Peak RSS (VmHWM) of a fresh `edgekit run-stream` process, annotated video on, as users run it.
+    Read inside the child: getrusage(RUSAGE_CHILDREN) would count this torch-laden parent's pages that
+    the child shared before exec."""
+    code = ("import sys\nfrom edgekit.cli import main\n"
+            f"rc = main(['run-stream', {str(engine)!r}, {str(VIDEO)!r}, '--out', {str(out)!r}, '-q'])\n"
+            "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0].split()[1]\n"
+            "print('VMHWM', hwm, 'torch' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    _, kb, torch_loaded = r.stdout.strip().splitlines()[-1].split()
+    assert torch_loaded == "False", "run-stream imported torch"
+    return int(kb) / 1024
 
 
 def main() -> None:

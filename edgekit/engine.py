@@ -17,13 +17,15 @@ def backend_environment(name: str) -> Dict[str, Any]:
     return {"name": name, "version": cls.version()}  # type: ignore[attr-defined]
 
 
-def open_engine(path: "str | Path") -> Tuple[Backend, Dict[str, Any], ModelCard]:
-    """(backend, manifest, card) of an engine built by `edgekit build-engine`, checked against this machine."""
+def open_engine(path: "str | Path", pipelined: bool = False) -> Tuple[Backend, Dict[str, Any], ModelCard]:
+    """(backend, manifest, card) of an engine built by `edgekit build-engine`, checked against this machine.
+
+    `pipelined`: the engine runs beside other busy threads (run-stream), not alone in a loop (profile)."""
     path = Path(path)
     manifest = mf.read(path)
     name = manifest["backend"]["name"]
     cls = backend_class(name)
     mf.check(manifest, path, backend_environment(name))
     card = mf.card_of(manifest, path)
-    backend = cls.load_engine(path, manifest)  # type: ignore[attr-defined]
+    backend = cls.load_engine(path, manifest, pipelined=pipelined)  # type: ignore[attr-defined]
     return backend, manifest, card

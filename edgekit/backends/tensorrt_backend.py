@@ -241,7 +241,7 @@ class TensorRTBackend(Backend):
         return _environment(trt, open_cuda())
 
     @classmethod
-    def load_engine(cls, path: Path, manifest: Dict[str, Any]) -> "TensorRTBackend":
+    def load_engine(cls, path: Path, manifest: Dict[str, Any], pipelined: bool = False) -> "TensorRTBackend":
         return cls(path, dla_core=manifest["backend"].get("dla_core"))
 
     def __init__(self, path: "str | Path", dla_core: Optional[int] = None) -> None:

@@ -79,7 +79,10 @@ class Pipeline:
                     self.stop_reason = self.stop_reason or "end of stream"
                     break
                 f = Frame(self.counters.frames_in, cap.t_capture, cap.frame, cap.truth)
-                f.t["capture_start"], f.t["capture_end"] = min(t0, cap.t_capture), time.monotonic_ns()
+                # capture = reading/decoding the frame (a file) or producing it (synthetic); a camera's
+                # wait for its next frame is not pipeline time.
+                f.t["capture_start"] = cap.t_work if cap.t_work is not None else min(t0, cap.t_capture)
+                f.t["capture_end"] = time.monotonic_ns()
                 self.counters.frames_in += 1
                 if self.live:
                     self._put_dropping_oldest(q, f)

@@ -53,11 +53,11 @@ def open_model(path: Path) -> Tuple[Backend, Dict[str, Any], ModelCard]:
     if mf.path_for(path).is_file() or path.suffix not in (".onnx",):
         from ..engine import open_engine
 
-        return open_engine(path)
+        return open_engine(path, pipelined=True)
     from ..backends.onnxruntime_backend import OnnxRuntimeBackend
     from ..card import ModelCard
 
-    backend = OnnxRuntimeBackend(path)
+    backend = OnnxRuntimeBackend(path, pipelined=True)
     meta = backend.session.get_modelmeta().custom_metadata_map
     from ..onnx_io import CARD_KEY
 

@@ -33,6 +33,7 @@ class Captured:
     frame: np.ndarray
     t_capture: int  # time.monotonic_ns() when the frame was taken from the source
     truth: Optional[Dict[str, Any]] = None  # ground truth, for synthetic sources
+    t_work: Optional[int] = None  # when producing this frame began, after any wait for its turn
 
 
 @dataclass
@@ -114,10 +115,11 @@ class VideoFileSource(Source):
             truth = self._truth()
             try:
                 while True:
+                    t_work = time.monotonic_ns()
                     ok, frame = cap.read()
                     if not ok:
                         break
-                    yield Captured(frame, time.monotonic_ns(), next(truth))
+                    yield Captured(frame, time.monotonic_ns(), next(truth), t_work)
             finally:
                 cap.release()
             if not self.loop:
@@ -166,14 +168,15 @@ class SyntheticSource(Source):
         period = 1e9 / self.fps if self.fps > 0 else 0
         next_t = time.monotonic_ns()
         while True:
-            f = self.scene.next()
-            if period:
+            if period:  # a camera's frame period: wait for the frame's turn, then "expose" it
                 wait = next_t - time.monotonic_ns()
                 if wait > 0:
                     time.sleep(wait / 1e9)
                 next_t += period
+            t_work = time.monotonic_ns()
+            f = self.scene.next()
             truth = {"boxes": f.boxes.tolist(), "classes": f.classes.tolist(), "mask": f.mask}
-            yield Captured(f.image, time.monotonic_ns(), truth)
+            yield Captured(f.image, time.monotonic_ns(), truth, t_work)
 
 
 class CaptureSource(Source):
