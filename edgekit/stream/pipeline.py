@@ -5,6 +5,7 @@ boundary. Frame accounting is exact: frames_in = processed + dropped, also after
 source that stops delivering, or a failing stage (in-flight frames are finished, not lost).
 """
 
+import os
 import queue
 import threading
 import time
@@ -192,21 +193,37 @@ class Pipeline:
         """Run to the end of the stream (or stop()); in-flight frames are finished before returning."""
         self.t_start = time.monotonic_ns()
         q = self.queues
-        threads = [
-            threading.Thread(target=self._capture, name="capture", daemon=True),
-            threading.Thread(target=self._stage, args=("preprocess", q[0], q[1], self._preprocess), daemon=True),
-            threading.Thread(target=self._stage, args=("infer", q[1], q[2], self._infer), daemon=True),
-            threading.Thread(target=self._stage, args=("postprocess", q[2], q[3], self._post), daemon=True),
-            threading.Thread(target=self._stage, args=("sink", q[3], None, self._sink), daemon=True),
+        work = [
+            (self._capture, ()),
+            (self._stage, ("preprocess", q[0], q[1], self._preprocess)),
+            (self._stage, ("infer", q[1], q[2], self._infer)),
+            (self._stage, ("postprocess", q[2], q[3], self._post)),
+            (self._stage, ("sink", q[3], None, self._sink)),
         ]
-        for t in threads:
-            t.start()
+        # Completion is signalled by events, not Thread.join: a join interrupted by Ctrl-C can report a
+        # live thread as finished, and closing the sinks under a running sink thread crashes OpenCV.
+        finished = [threading.Event() for _ in work]
+
+        def runner(target: Callable[..., None], args: Any, done: threading.Event) -> None:
+            try:
+                target(*args)
+            finally:
+                done.set()
+
+        for (target, args), done in zip(work, finished):
+            threading.Thread(target=runner, args=(target, args, done), daemon=True).start()
+
+        def wait_all() -> None:
+            for done in finished:
+                while not done.wait(0.1):
+                    pass
+
         try:
-            while any(t.is_alive() for t in threads):
-                for t in threads:
-                    t.join(timeout=0.1)
+            wait_all()
         except KeyboardInterrupt:
             self.stop("interrupted (Ctrl-C)")
-            for t in threads:
-                t.join()
+            try:
+                wait_all()  # finish the frames in flight, then report
+            except KeyboardInterrupt:
+                os._exit(130)  # a second Ctrl-C: leave now, without a report
         self.t_end = time.monotonic_ns()
