@@ -10,7 +10,6 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[build,onnxruntime,dev]'
 	# tensorrt-stubs declares a dependency on the real tensorrt, which cannot install without a GPU.
 	$(PY) -m pip install -q --no-deps tensorrt-stubs

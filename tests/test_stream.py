@@ -91,18 +91,36 @@ def test_live_source_drops_oldest_and_counts_it(engines, tmp_path):
     assert f["dropped"] > 0 and f["in"] == f["processed"] + f["dropped"]
 
 
+def start_endless_stream(engine, out, *extra):
+    # A shell that started us in the background may have set SIGINT to "ignore", which a child
+    # inherits; a user's terminal delivers Ctrl-C, so restore the default for the child.
+    return subprocess.Popen([sys.executable, "-m", "edgekit", "run-stream", str(engine), "synthetic://?fps=20",
+                             "--out", str(out), "-q", *extra], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def stop_and_wait(proc, sig):
+    proc.send_signal(sig)
+    try:
+        return proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # never leave an endless stream running behind a failed test
+            proc.kill()
+            proc.communicate()
+
+
 def test_ctrl_c_mid_run_still_writes_the_report(engines, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "run-stream", str(engines["detection"]),
-                             "synthetic://?fps=20", "--out", str(out), "-q"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_endless_stream(engines["detection"], out)
     deadline = time.time() + 60
     while not (out / "results.jsonl").is_file() or (out / "results.jsonl").stat().st_size == 0:
-        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        if time.time() > deadline or proc.poll() is not None:
+            stop_and_wait(proc, signal.SIGKILL)
+            pytest.fail("run-stream produced no results")
         time.sleep(0.2)
     time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
+    _, stderr = stop_and_wait(proc, signal.SIGINT)
     assert proc.returncode == 0, stderr
     report = json.loads((out / "report.json").read_text())
     assert report["stop_reason"] == "interrupted (Ctrl-C)"
@@ -112,12 +130,9 @@ def test_ctrl_c_mid_run_still_writes_the_report(engines, tmp_path):
 
 def test_sigterm_ends_the_run_cleanly(engines, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "run-stream", str(engines["detection"]),
-                             "synthetic://?fps=20", "--out", str(out), "-q", "--no-video"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_endless_stream(engines["detection"], out, "--no-video")
     time.sleep(4)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = stop_and_wait(proc, signal.SIGTERM)
     assert proc.returncode == 0, stderr
     assert json.loads((out / "report.json").read_text())["stop_reason"] == "terminated (SIGTERM)"
 
