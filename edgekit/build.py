@@ -126,7 +126,7 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
     from .engine import backend_environment
 
     backend_env = backend_environment(backend)
-    fp = fingerprint(onnx_io.sha256(onnx_path), calib.sha256 if calib else None, card, backend, backend_env,
+    fp = fingerprint(mf.file_sha256(onnx_path), calib.sha256 if calib else None, card, backend, backend_env,
                      precision, opts)
     if opts.if_stale and _is_up_to_date(out, fp):
         m = mf.read(out)
@@ -151,8 +151,7 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
 
             trt_qdq = work / "trt-qdq.onnx"
             cpu_u8s8 = work / "cpu-u8s8.onnx" if backend == "onnxruntime" else None
-            q = quantize(fp32, card.input_name, tensors, trt_qdq, cpu_u8s8, opts.calib_method, opts.keep_fp32)
-            kept = q.kept_reason
+            kept = quantize(fp32, card.input_name, tensors, trt_qdq, cpu_u8s8, opts.calib_method, opts.keep_fp32)
             files["tensorrt_qdq_onnx"] = trt_qdq
             if cpu_u8s8 is not None:
                 files["onnxruntime_u8s8_onnx"] = cpu_u8s8

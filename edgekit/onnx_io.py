@@ -1,6 +1,5 @@
 """ONNX files: reading and writing the model card in metadata_props, loading with one-line errors."""
 
-import hashlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -8,14 +7,6 @@ from .card import ModelCard
 from .errors import EdgekitError
 
 CARD_KEY = "edgekit.card"
-
-
-def sha256(path: "str | Path") -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_model(path: "str | Path") -> Any:

@@ -6,7 +6,6 @@ asymmetric activations, int8 per-channel weights) that ONNX Runtime's x86/ARM CP
 """
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set
 
@@ -15,12 +14,6 @@ import numpy as np
 from .errors import EdgekitError
 
 METHODS = ("minmax", "entropy", "percentile")
-
-
-@dataclass
-class QuantResult:
-    kept: List[str]  # node names left in floating point
-    kept_reason: Dict[str, str]
 
 
 def output_tail(model: Any) -> Set[str]:
@@ -95,8 +88,10 @@ def quantize(
     cpu_out: Optional[Path],
     method: str = "minmax",
     keep: Sequence[str] = (),
-) -> QuantResult:
-    """Write the TensorRT-style symmetric Q/DQ file and (unless cpu_out is None) the U8S8 CPU file."""
+) -> Dict[str, str]:
+    """Write the TensorRT-style symmetric Q/DQ file and (unless cpu_out is None) the U8S8 CPU file.
+
+    Returns the nodes left in floating point, each with the reason."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod
 
@@ -112,7 +107,7 @@ def quantize(
         _quantize_both(fp32_path, input_name, tensors, trt_out, cpu_out, calib_method, kept)
     finally:
         logging.getLogger().removeFilter(hint_filter)
-    return QuantResult(sorted(kept), kept)
+    return kept
 
 
 def _quantize_both(fp32_path: Path, input_name: str, tensors: Sequence[np.ndarray], trt_out: Path,

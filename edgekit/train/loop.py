@@ -335,12 +335,3 @@ def evaluate_checkpoint(
     result["images"] = len(ds)
     return result
 
-
-def torch_predict(model: torch.nn.Module):
-    """A predict function for edgekit.evaluate.evaluate over a PyTorch model (CPU)."""
-
-    @torch.no_grad()
-    def predict(x: np.ndarray) -> np.ndarray:
-        return model(torch.from_numpy(x)).numpy()
-
-    return predict
