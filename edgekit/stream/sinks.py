@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Deque, Dict, Optional
@@ -59,8 +60,6 @@ class VideoSink:
         self.rate = _Rate()
 
     def write(self, frame: Any) -> None:
-        import time
-
         img = annotate(frame, self.card, self.rate.update(frame, time.monotonic_ns()))
         if self.writer is None:
             h, w = img.shape[:2]
@@ -95,8 +94,6 @@ class WindowSink:
         self.card, self.title, self.rate = card, title, _Rate()
 
     def write(self, frame: Any) -> None:
-        import time
-
         cv2.imshow(self.title, annotate(frame, self.card, self.rate.update(frame, time.monotonic_ns())))
         cv2.waitKey(1)
 
