@@ -170,10 +170,11 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
                 dla_core=opts.dla_core, workspace_mb=opts.workspace_mb, timing_cache=opts.timing_cache,
                 sparsity=opts.sparsity, max_batch=opts.max_batch,
             )
-        agreement = measure_agreement(card, fp32, engine_tmp, backend, backend_section, tensors)
+        reference = reference_outputs(fp32, tensors)
+        agreement = measure_agreement(card, reference, engine_tmp, backend, backend_section, tensors)
         if "tensorrt_qdq_onnx" in files and backend == "onnxruntime":
             # What the Jetson engine will do, predicted on this CPU: the symmetric Q/DQ file on ONNX Runtime.
-            agreement["tensorrt_qdq_predicted"] = measure_agreement(card, fp32, files["tensorrt_qdq_onnx"],
+            agreement["tensorrt_qdq_predicted"] = measure_agreement(card, reference, files["tensorrt_qdq_onnx"],
                                                                     "onnxruntime", {}, tensors)
         seconds = time.perf_counter() - t0
         # Final names: the engine at OUT; side files beside it, named after it.
@@ -238,24 +239,29 @@ def _io_description(onnx_file: Path) -> Dict[str, Any]:
     return {"inputs": [spec(i) for i in inputs], "outputs": [spec(o) for o in outputs]}
 
 
-def measure_agreement(card: ModelCard, fp32: Path, engine: Path, backend: str, backend_section: Dict[str, Any],
-                      tensors: List[np.ndarray]) -> Dict[str, Any]:
-    """How closely the engine follows FP32 ONNX Runtime on the same preprocessed frames: the largest
-    output difference and a task-level agreement (detections matched, or pixels with the same class)."""
+def reference_outputs(fp32: Path, tensors: List[np.ndarray]) -> List[np.ndarray]:
+    """FP32 ONNX Runtime outputs on the agreement frames: the yardstick every built file is held to."""
+    from .backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    with OnnxRuntimeBackend(fp32) as ref:
+        return [ref.infer([x])[0] for x in tensors]
+
+
+def measure_agreement(card: ModelCard, reference: List[np.ndarray], engine: Path, backend: str,
+                      backend_section: Dict[str, Any], tensors: List[np.ndarray]) -> Dict[str, Any]:
+    """How closely the engine follows FP32 on the same preprocessed frames: the largest output
+    difference and a task-level agreement (detections matched, or pixels with the same class)."""
     from .backends.onnxruntime_backend import OnnxRuntimeBackend
     from .engine import backend_class
+    from .tasks.agreement import task_agreement
 
-    ref_backend = OnnxRuntimeBackend(fp32)
     if backend == "onnxruntime":
         eng: Any = OnnxRuntimeBackend(engine, backend_section.get("providers"), backend_section.get("session_options"))
     else:
         eng = backend_class(backend).load_engine(engine, {"backend": backend_section})  # type: ignore[attr-defined]
-    from .tasks.agreement import task_agreement
-
     max_abs, scores = 0.0, []
-    with ref_backend, eng:
-        for x in tensors:
-            ref = ref_backend.infer([x])[0]
+    with eng:
+        for x, ref in zip(tensors, reference):
             got = eng.infer([x])[0].astype(np.float32)
             max_abs = max(max_abs, float(np.abs(ref - got).max()))
             scores.append(task_agreement(card, ref[0], got[0]))

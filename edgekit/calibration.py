@@ -28,9 +28,9 @@ class CalibrationSet:
         return len(self.frames)
 
 
-def _read_colour(path: Path) -> np.ndarray:
-    data = np.fromfile(str(path), np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+def _read_colour(path: Path, data: bytes) -> np.ndarray:
+    buf = np.frombuffer(data, np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
     if img is None:
         raise EdgekitError(f"{path}: unreadable calibration image (corrupt or not an image)")
     if img.ndim == 2 or img.shape[2] == 1:
@@ -93,9 +93,10 @@ def load(source: "str | Path", size: int) -> CalibrationSet:
             files = [files[i] for i in video_frame_indices(len(files), size)]
         frames = []
         for f in files:
-            frames.append(_read_colour(f))
+            data = f.read_bytes()
+            frames.append(_read_colour(f, data))
             h.update(f.name.encode())
-            h.update(f.read_bytes())
+            h.update(data)
         desc = f"{len(frames)} images from {src}"
     elif src.is_file() and src.suffix.lower() in VIDEO_EXTS:
         indices = video_frame_indices(video_frame_count(src), size)

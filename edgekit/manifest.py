@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from . import __version__
 from .card import ModelCard
 from .errors import EdgekitError
 
@@ -112,5 +111,3 @@ def command_line() -> str:
 
     return " ".join(shlex.quote(a) for a in ["edgekit", *sys.argv[1:]])
 
-
-__all__ = ["SCHEMA", "path_for", "read", "check", "mismatches", "card_of", "host_environment", "__version__"]

@@ -4,6 +4,7 @@ Training, calibration, evaluation and streaming all call this, so INT8 calibrati
 different pixels than inference does (DESIGN.md section 1).
 """
 
+import functools
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -79,13 +80,18 @@ def to_tensor(resized_bgr: np.ndarray, card: ModelCard) -> np.ndarray:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     if card.color == "RGB":
         img = img[..., ::-1]
-    std = np.asarray(card.std, dtype=np.float32)
-    scale = 1.0 / (255.0 * std)
-    bias = -np.asarray(card.mean, dtype=np.float32) / std
+    scale, bias = _normalization(tuple(card.mean), tuple(card.std))
     chw = np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)
-    chw *= scale[:, None, None]
-    chw += bias[:, None, None]
+    chw *= scale
+    chw += bias
     return chw[None]
+
+
+@functools.lru_cache(maxsize=8)
+def _normalization(mean: Tuple[float, ...], std: Tuple[float, ...]) -> Tuple[np.ndarray, np.ndarray]:
+    """(scale, bias), shaped [3, 1, 1], so that x * scale + bias == (x / 255 - mean) / std."""
+    s = np.asarray(std, dtype=np.float32)
+    return (1.0 / (255.0 * s))[:, None, None], (-np.asarray(mean, dtype=np.float32) / s)[:, None, None]
 
 
 def preprocess(frame_bgr: np.ndarray, card: ModelCard) -> Tuple[np.ndarray, Transform]:

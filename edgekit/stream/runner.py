@@ -49,18 +49,14 @@ def open_model(path: Path) -> Tuple[Backend, Dict[str, Any], ModelCard]:
     """An engine from build-engine (checked against its manifest), or an edgekit ONNX run as FP32 on
     ONNX Runtime's CPU provider."""
     from .. import manifest as mf
-
-    if mf.path_for(path).is_file() or path.suffix not in (".onnx",):
-        from ..engine import open_engine
-
-        return open_engine(path, pipelined=True)
     from ..backends.onnxruntime_backend import OnnxRuntimeBackend
-    from ..card import ModelCard
-
-    backend = OnnxRuntimeBackend(path, pipelined=True)
-    meta = backend.session.get_modelmeta().custom_metadata_map
+    from ..engine import open_engine
     from ..onnx_io import CARD_KEY
 
+    if path.suffix != ".onnx" or mf.path_for(path).is_file():
+        return open_engine(path, pipelined=True)
+    backend = OnnxRuntimeBackend(path, pipelined=True)
+    meta = backend.session.get_modelmeta().custom_metadata_map
     if CARD_KEY not in meta:
         raise EdgekitError(f"{path}: no model card in the ONNX and no manifest beside it; build it with "
                            "edgekit build-engine (which takes --card for foreign models)")
