@@ -22,7 +22,8 @@ demo: $(STAMP)
 # Runtime side (DESIGN.md section 2): must stay valid Python 3.8 for JetPack 5.
 RUNTIME := edgekit/__init__.py edgekit/__main__.py edgekit/cli.py edgekit/errors.py edgekit/card.py \
 	edgekit/artifacts.py edgekit/preprocess.py edgekit/metrics.py edgekit/manifest.py edgekit/engine.py \
-	edgekit/calibration.py edgekit/onnx_io.py edgekit/evaluate.py edgekit/backends edgekit/tasks edgekit/data edgekit/stream
+	edgekit/calibration.py edgekit/onnx_io.py edgekit/evaluate.py edgekit/stats.py edgekit/profile.py edgekit/power.py \
+	edgekit/tegra.py edgekit/doctor.py edgekit/backends edgekit/tasks edgekit/data edgekit/stream
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check edgekit tests benchmarks

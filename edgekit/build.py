@@ -53,6 +53,24 @@ class BuildReport:
     up_to_date: bool = False
 
 
+def unsupported(backend: str, precision: str, dla_core: Optional[int] = None, sparsity: bool = False,
+                timing_cache: Optional[str] = None) -> Optional[str]:
+    """Why `backend` cannot build this variant, or None where it can (sweep skips with this reason)."""
+    if backend == "onnxruntime":
+        if precision == "fp16":
+            return ("--precision fp16 is not offered on the onnxruntime backend: its CPU provider has no fast FP16 "
+                    "kernels and would run FP16 slower than FP32; use fp32 or int8, or the tensorrt backend")
+        if dla_core is not None:
+            return "--dla-core needs the tensorrt backend on a Jetson with DLA"
+        if sparsity:
+            return "--sparsity is a TensorRT feature (sparse tensor cores); use --backend tensorrt"
+        if timing_cache:
+            return "--timing-cache is a TensorRT feature; use --backend tensorrt"
+    if dla_core is not None and precision == "fp32":
+        return "DLA runs FP16 or INT8 only: pass --precision fp16 or int8 with --dla-core"
+    return None
+
+
 def resolve_precision(backend: str, precision: str, opts: BuildOptions) -> str:
     if precision not in PRECISIONS:
         raise EdgekitError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
@@ -63,19 +81,9 @@ def resolve_precision(backend: str, precision: str, opts: BuildOptions) -> str:
             precision = "int8" if opts.calib else "fp32"
     if precision == "int8" and not opts.calib:
         raise EdgekitError("INT8 needs calibration images: pass --calib IMAGE_FOLDER_OR_VIDEO")
-    if backend == "onnxruntime":
-        if precision == "fp16":
-            raise EdgekitError("--precision fp16 is not offered on the onnxruntime backend: its CPU provider has no "
-                               "fast FP16 kernels and would run FP16 slower than FP32; use fp32 or int8, or the "
-                               "tensorrt backend")
-        if opts.dla_core is not None:
-            raise EdgekitError("--dla-core needs the tensorrt backend on a Jetson with DLA")
-        if opts.sparsity:
-            raise EdgekitError("--sparsity is a TensorRT feature (sparse tensor cores); use --backend tensorrt")
-        if opts.timing_cache:
-            raise EdgekitError("--timing-cache is a TensorRT feature; use --backend tensorrt")
-    if opts.dla_core is not None and precision == "fp32":
-        raise EdgekitError("DLA runs FP16 or INT8 only: pass --precision fp16 or int8 with --dla-core")
+    why = unsupported(backend, precision, opts.dla_core, opts.sparsity, opts.timing_cache)
+    if why:
+        raise EdgekitError(why)
     return precision
 
 

@@ -14,8 +14,9 @@ OPTIONAL_MODULES = {
     "onnx": ("onnx", "build"),
     "onnxslim": ("onnxslim", "build"),
     "safetensors": ("safetensors", "build"),
+    "torch_pruning": ("torch-pruning", "build"),
     "yaml": ("pyyaml", "build"),
-    "faster_coco_eval": ("faster-coco-eval", "build"),
+    "faster_coco_eval": ("faster-coco-eval", "eval"),
     "onnxruntime": ("onnxruntime", "onnxruntime"),
 }
 
@@ -31,6 +32,22 @@ def _size(text: str) -> Tuple[int, int]:
     if len(parts) != 2 or min(parts) <= 0:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT or N, got '{text}'")
     return parts[0], parts[1]
+
+
+def _percentiles(text: str) -> Tuple[float, ...]:
+    """'90,95,99' -> (90.0, 95.0, 99.0)."""
+    try:
+        qs = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated percentiles like 90,95,99, got '{text}'") from None
+    if not qs or not all(0 < q < 100 for q in qs):
+        raise argparse.ArgumentTypeError(f"percentiles must lie strictly between 0 and 100, got '{text}'")
+    return qs
+
+
+def _names(text: str) -> List[str]:
+    """'fp32, int8' -> ['fp32', 'int8']."""
+    return [v.strip().lower() for v in text.split(",") if v.strip()]
 
 
 # --- verbs ---------------------------------------------------------------------------------------
@@ -75,6 +92,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     metric = [k for k in report if k.startswith("best_val_")][0]
     print(f"best {metric[len('best_val_'):]} {report[metric]:.4f} at epoch {report['best_epoch']} "
           f"({report['train_seconds']:.0f} s of training); checkpoint: {report['checkpoint']}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .prune import PruneOptions, markdown, parse_macs, prune
+
+    opts = PruneOptions(
+        out=args.output, data=args.data, ratio=args.ratio,
+        target_macs=parse_macs(args.target_macs) if args.target_macs else None,
+        target_latency_ms=args.target_latency, backend=args.backend, importance=args.importance,
+        round_to=args.round_to, finetune_epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size,
+        sparsity=args.sparsity, format=args.format, device=args.device, max_train_images=args.max_train_images,
+        max_val_images=args.max_val_images, progress=not args.quiet, report_seconds=args.report_duration,
+    )
+    r = prune(args.checkpoint, opts)
+    print(markdown(r), end="")
+    print(f"\ncheckpoint: {r['checkpoint']}\nreport: {args.output}/prune_report.json, {args.output}/prune_report.md")
     return 0
 
 
@@ -170,6 +204,7 @@ def cmd_run_stream(args: argparse.Namespace) -> int:
         max_frames=args.max_frames, duration=args.duration, loop=args.loop, score_threshold=args.score_threshold,
         iou_threshold=args.iou_threshold, queue_size=args.queue_size, timeout=args.timeout, reconnect=args.reconnect,
         rtsp_transport=args.rtsp_transport, rtsp_latency_ms=args.rtsp_latency, progress=not args.quiet,
+        power=not args.no_power,
     )
     r = run_stream(args.engine, args.source, opts)
     from .stream.report import markdown
@@ -180,6 +215,70 @@ def cmd_run_stream(args: argparse.Namespace) -> int:
     if r["outputs"]["video"]:
         print(f"annotated video: {r['outputs']['video']}")
     return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import profile as prof
+    from .artifacts import ensure_writable_dir
+    from .engine import open_model
+
+    out = ensure_writable_dir(args.out)
+    opts = prof.ProfileOptions(warmup_s=args.warmup, iterations=args.iterations, duration_s=args.duration,
+                               batch=args.batch, percentiles=args.percentiles, power=not args.no_power)
+    backend, described, card = open_model(args.artifact, device=args.device, task=args.task)
+    with backend:
+        r = prof.profile(prof.Subject(Path(args.artifact).name, backend, card, described, args.artifact), opts)
+    prof.write(r, out)
+    print(prof.markdown(r), end="")
+    print(f"\nreport: {out / 'profile.json'}, {out / 'profile.md'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .artifacts import ensure_writable_dir, write_json, write_text
+    from .data import datasets
+    from .engine import open_model
+    from .evaluate import SCHEMA, evaluate, markdown
+
+    out = ensure_writable_dir(args.out)
+    backend, described, card = open_model(args.artifact, device=args.device, task=args.task)
+    with backend:
+        ds = datasets.load(card.task, args.dataset, args.split, args.format)
+        datasets.check_classes(ds, card.classes, f"{args.artifact} model")
+        metrics = evaluate(lambda x: backend.infer([x])[0], card, ds, args.limit)
+    r = {"schema": SCHEMA, "artifact": args.artifact, "model": card.name, "task": card.task,
+         "backend": described["backend"], "precision": described.get("precision"), "data": args.dataset,
+         "split": args.split, "metrics": metrics}
+    write_json(out / "eval.json", r)
+    write_text(out / "eval.md", markdown(r))
+    print(markdown(r), end="")
+    print(f"\nreport: {out / 'eval.json'}, {out / 'eval.md'}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .profile import ProfileOptions
+    from .sweep import SweepOptions, markdown, sweep
+
+    opts = SweepOptions(
+        data=args.data, out=args.out, precisions=args.precisions, calib_methods=args.calib_methods,
+        backends=args.backends or [], dla=args.dla, calib=args.calib, calib_size=args.calib_size, split=args.split,
+        fmt=args.format, limit=args.limit, accuracy_budget=args.accuracy_budget, device=args.device,
+        profile=ProfileOptions(warmup_s=args.warmup, iterations=args.iterations, duration_s=args.duration,
+                               batch=args.batch, rounds=args.rounds, power=False),
+    )
+    r = sweep(args.checkpoints, opts)
+    print(markdown(r), end="")
+    print(f"\nreport: {args.out}/sweep.json, {args.out}/sweep.md" + (f", plot: {r['plot']}" if r["plot"] else ""))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import main as doctor
+
+    return doctor(as_json=args.json)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -263,6 +362,39 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-val-images", type=int, default=0, help=argparse.SUPPRESS)
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     tr.set_defaults(func=cmd_train)
+
+    pn = sub.add_parser(
+        "prune", help="structured channel pruning (Torch-Pruning) + fine-tuning; 2:4 sparsity",
+        description="Remove channels (dependency-aware, through Torch-Pruning; output layers never pruned, channel "
+                    "counts rounded for tensor cores) to a ratio, a MACs target or a measured latency target, then "
+                    "fine-tune with the training loop. --sparsity 2:4 zeroes 2 of every 4 input-channel weights "
+                    "(kept while fine-tuning) for TensorRT's sparse tensor cores. The pruned architecture is "
+                    "recorded in the card; OUT gets pruned.*, best.* (fine-tuned) and prune_report.json/.md.",
+    )
+    pn.add_argument("checkpoint", help="checkpoint to prune (.safetensors with its card)")
+    pn.add_argument("-o", "--output", required=True, help="output folder")
+    pn.add_argument("--data", help="dataset for fine-tuning, taylor importance and the accuracy report")
+    target = pn.add_mutually_exclusive_group()
+    target.add_argument("--ratio", type=float, help="share of channels to remove from each layer, e.g. 0.3")
+    target.add_argument("--target-macs", metavar="M", help="prune until at most M MACs, e.g. 40M")
+    target.add_argument("--target-latency", type=float, metavar="MS", help="prune until p50 latency on --backend "
+                        "is at most MS, measured")
+    pn.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"),
+                    help="where --target-latency is measured (default onnxruntime)")
+    pn.add_argument("--importance", default="l2", choices=("l1", "l2", "taylor"))
+    pn.add_argument("--round-to", type=int, default=8, help="keep channel counts multiples of this (default 8)")
+    pn.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs (default 10; 0: none)")
+    pn.add_argument("--lr", type=float, default=5e-4, help="fine-tuning peak learning rate (default 5e-4)")
+    pn.add_argument("--batch-size", type=int, default=16)
+    pn.add_argument("--sparsity", choices=("2:4",), help="magnitude 2:4 sparsity on eligible conv weights")
+    pn.add_argument("--format", default="auto", choices=("auto", "coco", "yolo"))
+    pn.add_argument("--device", default="auto", help="fine-tuning device: cpu, cuda or auto")
+    pn.add_argument("--max-train-images", type=int, default=0, help=argparse.SUPPRESS)
+    pn.add_argument("--max-val-images", type=int, default=0, help=argparse.SUPPRESS)
+    pn.add_argument("--report-duration", type=float, default=3.0, metavar="SECONDS",
+                    help="latency measurement per stage in the report (default 3 s)")
+    pn.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    pn.set_defaults(func=cmd_prune)
 
     ex = sub.add_parser(
         "export", help="export a checkpoint to ONNX, parity-checked against PyTorch",
@@ -350,8 +482,89 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--reconnect", type=int, default=3, help="reconnect attempts for a network stream")
     rs.add_argument("--rtsp-transport", default="tcp", choices=("tcp", "udp"))
     rs.add_argument("--rtsp-latency", type=int, default=200, metavar="MS", help="RTSP jitter buffer (default 200)")
+    rs.add_argument("--no-power", action="store_true", help="do not sample tegrastats on a Jetson")
     rs.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
     rs.set_defaults(func=cmd_run_stream)
+
+    pr = sub.add_parser(
+        "profile", help="engine-only latency (like trtexec): percentiles, CV, throughput, power on Jetson",
+        description="Time an engine, an edgekit ONNX or a checkpoint (eager PyTorch, the baseline) alone in a loop: "
+                    "warm-up, then at least --iterations runs and --duration seconds. Reports host latency and, on a "
+                    "GPU, H2D / compute / D2H from CUDA events: percentiles, max, mean, CV and throughput; warns "
+                    "when the variation says clocks are unstable; on a Jetson samples tegrastats for power, energy "
+                    "per image and throttling. Writes profile.json and profile.md to --out.",
+    )
+    pr.add_argument("artifact", help="engine (with its manifest), edgekit ONNX, or checkpoint (.safetensors)")
+    pr.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    pr.add_argument("--warmup", type=float, default=1.0, metavar="SECONDS", help="warm-up time (default 1 s, "
+                    "and at least 10 runs)")
+    pr.add_argument("--iterations", type=int, default=200, help="measure at least this many runs (default 200)")
+    pr.add_argument("--duration", type=float, default=10.0, metavar="SECONDS",
+                    help="and for at least this long (default 10 s)")
+    pr.add_argument("--percentiles", type=_percentiles, default=(90.0, 95.0, 99.0),
+                    help="latency percentiles besides the median (default 90,95,99)")
+    pr.add_argument("--device", default="auto", help="checkpoints only: cpu, cuda or auto")
+    pr.add_argument("--task", choices=("detection", "segmentation"), help="refuse a model of the other task")
+    pr.add_argument("--no-power", action="store_true", help="do not sample tegrastats on a Jetson")
+    pr.add_argument("--out", default="runs/profile", help="report folder (default runs/profile)")
+    pr.set_defaults(func=cmd_profile)
+
+    ev = sub.add_parser(
+        "eval", help="accuracy of a checkpoint, ONNX or engine on a labelled dataset",
+        description="Task accuracy through the exact runtime preprocessing and post-processing: mAP@0.5 and "
+                    "mAP@0.5:0.95 by the COCO protocol for detection, mIoU and per-class IoU for segmentation. "
+                    "Writes eval.json and eval.md to --out.",
+    )
+    ev.add_argument("artifact", help="engine (with its manifest), edgekit ONNX, or checkpoint (.safetensors)")
+    ev.add_argument("dataset", help="dataset folder (COCO / YOLO labels, or masks; see edgekit data synth)")
+    ev.add_argument("--split", default="test", help="split to evaluate (default test)")
+    ev.add_argument("--format", default="auto", choices=("auto", "coco", "yolo"), help="detection label format")
+    ev.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
+    ev.add_argument("--device", default="auto", help="checkpoints only: cpu, cuda or auto")
+    ev.add_argument("--task", choices=("detection", "segmentation"), help="refuse a model of the other task")
+    ev.add_argument("--out", default="runs/eval", help="report folder (default runs/eval)")
+    ev.set_defaults(func=cmd_eval)
+
+    sw = sub.add_parser(
+        "sweep", help="build, evaluate and profile every variant side by side; table + Pareto plot",
+        description="Export the checkpoint(s), build every variant this platform supports (backend x precision x "
+                    "calibration method, and DLA with --dla; unsupported ones are listed with the reason), evaluate "
+                    "each on the dataset and profile all of them side by side with the PyTorch FP32 reference. "
+                    "Writes the engines, sweep.json, sweep.md and pareto.png to --out. Give pruned checkpoints "
+                    "after the original to compare them too; the first checkpoint is the reference.",
+    )
+    sw.add_argument("checkpoints", nargs="+", help="checkpoint(s); the first one's PyTorch FP32 row is the reference")
+    sw.add_argument("--data", required=True, help="labelled dataset folder")
+    sw.add_argument("--precisions", type=_names, default=["fp32", "fp16", "int8"],
+                    help="comma-separated: fp32,fp16,int8 (default all three)")
+    sw.add_argument("--calib-methods", type=_names, default=["minmax"],
+                    help="INT8 calibration methods: minmax,entropy,percentile (default minmax)")
+    sw.add_argument("--backends", type=_names, help="tensorrt,onnxruntime (default: every one available here)")
+    sw.add_argument("--dla", action="store_true", help="also build for each DLA core (TensorRT on a Jetson)")
+    sw.add_argument("--calib", help="calibration images (default: the dataset's val images)")
+    sw.add_argument("--calib-size", type=int, default=200)
+    sw.add_argument("--split", default="test", help="split to evaluate (default test)")
+    sw.add_argument("--format", default="auto", choices=("auto", "coco", "yolo"))
+    sw.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
+    sw.add_argument("--accuracy-budget", type=float, metavar="POINTS",
+                    help="mark the fastest variant at most POINTS below the reference (mAP@0.5:0.95 or mIoU x 100)")
+    sw.add_argument("--device", default="cpu", help="device of the PyTorch reference row: cpu, cuda or auto")
+    sw.add_argument("--warmup", type=float, default=1.0, metavar="SECONDS")
+    sw.add_argument("--iterations", type=int, default=200, help="at least this many timed runs per variant")
+    sw.add_argument("--duration", type=float, default=6.0, metavar="SECONDS", help="at least this long per variant")
+    sw.add_argument("--rounds", type=int, default=3, help="interleaved rounds (A B C A B C ...; default 3)")
+    sw.add_argument("--batch", type=int, default=1)
+    sw.add_argument("--out", default="runs/sweep", help="output folder (default runs/sweep)")
+    sw.set_defaults(func=cmd_sweep)
+
+    dr = sub.add_parser(
+        "doctor", help="what this machine can run, and what to install for the rest",
+        description="Backends and their versions, CUDA bindings and GPU, DLA cores, the JetPack/L4T release, power "
+                    "mode, and OpenCV's video back-ends (FFmpeg, GStreamer, V4L2), with what to install for each "
+                    "missing part.",
+    )
+    dr.add_argument("--json", action="store_true", help="machine-readable output")
+    dr.set_defaults(func=cmd_doctor)
 
     demo = sub.add_parser(
         "demo", help="run the whole available chain on the shipped models and synthetic data",

@@ -26,16 +26,12 @@ def shipped_checkpoint(task: str) -> Path:
     return path
 
 
-def _accuracy(task: str, m: Dict) -> str:
-    return f"mAP50 {m['mAP50']:.3f}, mAP50-95 {m['mAP50_95']:.3f}" if task == "detection" else f"mIoU {m['mIoU']:.3f}"
-
-
 def run(out: Path, seed: int = 1) -> List[Dict]:
     from .build import BuildOptions, build_engine
     from .data import datasets
     from .data.writer import write_dataset
     from .engine import open_engine
-    from .evaluate import evaluate
+    from .evaluate import accuracy_text, evaluate
     from .export import export
     from .stream.runner import StreamOptions, run_stream
     from .train.loop import evaluate_checkpoint
@@ -64,8 +60,9 @@ def run(out: Path, seed: int = 1) -> List[Dict]:
         print(f"[5/5] {name}: run-stream on {video}")
         stream_dir = out / f"stream-{name}"
         rep = run_stream(engine_path, str(video), StreamOptions(out=str(stream_dir), progress=False))
-        rows.append({"name": name, "backend": built.backend, "torch": _accuracy(task, evaluate_checkpoint(ckpt, data)),
-                     "engine": _accuracy(task, engine_acc), "stream": rep, "dir": stream_dir})
+        rows.append({"name": name, "backend": built.backend, "stream": rep, "dir": stream_dir,
+                     "torch": accuracy_text(task, evaluate_checkpoint(ckpt, data)),
+                     "engine": accuracy_text(task, engine_acc)})
     print()
     print("| model | accuracy, PyTorch FP32 | accuracy, INT8 engine | backend | stream FPS | "
           "end-to-end p50 / p99 ms | infer p50 ms | frames in / processed / dropped |")

@@ -12,6 +12,18 @@ from .preprocess import Transform, preprocess
 from .tasks import detection, segmentation
 
 MAP_SCORE_THRESHOLD = 0.001  # COCO practice: rank everything, let the precision-recall curve decide
+SCHEMA = "edgekit.eval/1"
+
+
+def primary_metric(task: str) -> str:
+    """The figure variants are ranked by: COCO's mAP@0.5:0.95, or mIoU."""
+    return "mAP50_95" if task == "detection" else "mIoU"
+
+
+def accuracy_text(task: str, m: Dict[str, Any]) -> str:
+    if task == "detection":
+        return f"mAP@0.5 {m['mAP50']:.3f}, mAP@0.5:0.95 {m['mAP50_95']:.3f}"
+    return f"mIoU {m['mIoU']:.3f}"
 
 
 class Accumulator:
@@ -55,3 +67,17 @@ def evaluate(predict: Callable[[np.ndarray], np.ndarray], card: ModelCard, ds: d
         x, tf = preprocess(img, card)
         acc.add(predict(x)[0], tf, boxes, classes, mask)
     return acc.result()
+
+
+def markdown(r: Dict[str, Any]) -> str:
+    """The eval report: the artifact, the data, the accuracy and, for segmentation, IoU per class."""
+    m = r["metrics"]
+    lines = [f"# Accuracy: {r['artifact']}", "",
+             f"- model: {r['model']} ({r['task']}); backend {r['backend']['name']}; precision {r['precision']}",
+             f"- data: {r['data']} split '{r['split']}' ({m['images']} images)",
+             f"- **{accuracy_text(r['task'], m)}**"]
+    if r["task"] == "segmentation":
+        lines += ["", "| class | IoU |", "|---|---:|"]
+        lines += [f"| {c} | {'–' if v is None else f'{v:.3f}'} |" for c, v in m["per_class_iou"].items()]
+        lines.append(f"\npixel accuracy {m['pixel_accuracy']:.3f}")
+    return "\n".join(lines) + "\n"

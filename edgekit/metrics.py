@@ -22,7 +22,7 @@ def detection_map(
     try:
         from faster_coco_eval import COCO, COCOeval_faster
     except ImportError:
-        raise MissingDependency("faster-coco-eval", "build") from None
+        raise MissingDependency("faster-coco-eval", "eval") from None
     images, anns, dets = [], [], []
     for i, (p, t) in enumerate(zip(predictions, targets), start=1):
         images.append({"id": i, "width": 1, "height": 1})

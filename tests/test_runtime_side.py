@@ -12,6 +12,7 @@ RUNTIME_MODULES = [
     "edgekit.engine", "edgekit.calibration", "edgekit.onnx_io", "edgekit.evaluate", "edgekit.backends",
     "edgekit.backends.onnxruntime_backend", "edgekit.backends.tensorrt_backend", "edgekit.backends.cuda_mem",
     "edgekit.stream.sources", "edgekit.stream.pipeline", "edgekit.stream.runner", "edgekit.stream.report",
+    "edgekit.stats", "edgekit.profile", "edgekit.power", "edgekit.tegra", "edgekit.doctor",
 ]
 
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"

@@ -5,7 +5,7 @@ machine with only ONNX Runtime (or only TensorRT) can use the other parts of edg
 """
 
 import importlib
-from typing import List, Tuple, Type
+from typing import List, Sequence, Tuple, Type
 
 from ..errors import EdgekitError
 from .base import Backend, Timing  # noqa: F401
@@ -13,8 +13,9 @@ from .base import Backend, Timing  # noqa: F401
 _MODULES = {
     "tensorrt": ("edgekit.backends.tensorrt_backend", "TensorRTBackend"),
     "onnxruntime": ("edgekit.backends.onnxruntime_backend", "OnnxRuntimeBackend"),
+    "torch": ("edgekit.backends.torch_backend", "TorchBackend"),  # runs checkpoints; builds no engine
 }
-AUTO_ORDER = ("tensorrt", "onnxruntime")
+AUTO_ORDER = ("tensorrt", "onnxruntime")  # the engine-building backends, in `auto` preference order
 
 
 def backend_class(name: str) -> Type[Backend]:
@@ -24,10 +25,10 @@ def backend_class(name: str) -> Type[Backend]:
     return getattr(importlib.import_module(module), cls)
 
 
-def availability() -> List[Tuple[str, bool, str]]:
-    """(name, available, why not / version) for every backend, in `auto` preference order."""
+def availability(names: Sequence[str] = AUTO_ORDER) -> List[Tuple[str, bool, str]]:
+    """(name, available, why not / version) for each backend, by default the engine builders in `auto` order."""
     out = []
-    for name in AUTO_ORDER:
+    for name in names:
         ok, why = backend_class(name).available()
         out.append((name, ok, why))
     return out

@@ -240,6 +240,12 @@ class TensorRTBackend(Backend):
         trt = _trt()
         return _environment(trt, open_cuda())
 
+    @staticmethod
+    def dla_cores() -> int:
+        """DLA cores this device has (AGX Orin and Orin NX: 2; Orin Nano and desktop GPUs: 0)."""
+        trt = _trt()
+        return int(trt.Builder(_Logger(trt).logger).num_DLA_cores)
+
     @classmethod
     def load_engine(cls, path: Path, manifest: Dict[str, Any], pipelined: bool = False) -> "TensorRTBackend":
         return cls(path, dla_core=manifest["backend"].get("dla_core"))

@@ -7,8 +7,9 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ..artifacts import write_json, write_text
+from ..power import markdown_lines as power_lines
+from ..stats import summarize
 from .pipeline import STAGES, Frame, Pipeline
-from .stats import summarize
 
 SCHEMA = "edgekit.stream-report/1"
 
@@ -69,6 +70,7 @@ def markdown(r: Dict[str, Any]) -> str:
         text = (f"precision {acc['precision']:.3f}, recall {acc['recall']:.3f} (IoU >= 0.5, same class)"
                 if "precision" in acc else f"mIoU {acc['mIoU']:.3f}")
         lines.append(f"- accuracy against the source's ground truth: {text}")
+    lines += power_lines(r.get("power"), r.get("jetson"))
     lines += ["", "| latency (ms) | p50 | p90 | p99 | max | mean | CV |", "|---|---:|---:|---:|---:|---:|---:|"]
     lines.append(row("**end to end**", r["end_to_end_ms"]))
     for s, st in r["stages_ms"].items():

@@ -8,13 +8,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from .. import power
 from ..artifacts import ensure_writable_dir
-from ..backends import Backend
 from ..card import ModelCard
+from ..engine import open_model
 from ..errors import EdgekitError
 from ..tasks import detection, segmentation
 from ..tasks.agreement import box_iou
@@ -22,7 +23,6 @@ from . import report as report_mod
 from .pipeline import Frame, Pipeline
 from .sinks import JsonlSink, VideoSink, WindowSink
 from .sources import open_source
-from .stats import summarize
 
 
 @dataclass
@@ -43,25 +43,7 @@ class StreamOptions:
     rtsp_transport: str = "tcp"
     rtsp_latency_ms: int = 200
     progress: bool = True
-
-
-def open_model(path: Path) -> Tuple[Backend, Dict[str, Any], ModelCard]:
-    """An engine from build-engine (checked against its manifest), or an edgekit ONNX run as FP32 on
-    ONNX Runtime's CPU provider."""
-    from .. import manifest as mf
-    from ..backends.onnxruntime_backend import OnnxRuntimeBackend
-    from ..engine import open_engine
-    from ..onnx_io import CARD_KEY
-
-    if path.suffix != ".onnx" or mf.path_for(path).is_file():
-        return open_engine(path, pipelined=True)
-    backend = OnnxRuntimeBackend(path, pipelined=True)
-    meta = backend.session.get_modelmeta().custom_metadata_map
-    if CARD_KEY not in meta:
-        raise EdgekitError(f"{path}: no model card in the ONNX and no manifest beside it; build it with "
-                           "edgekit build-engine (which takes --card for foreign models)")
-    card = ModelCard.from_json(meta[CARD_KEY], str(path))
-    return backend, {"backend": {"name": "onnxruntime"}, "precision": "fp32 (plain ONNX)"}, card
+    power: bool = True  # sample tegrastats on a Jetson
 
 
 class TruthScore:
@@ -158,10 +140,7 @@ class Progress:
 def run_stream(engine: "str | Path", source_uri: str, opts: StreamOptions) -> Dict[str, Any]:
     engine = Path(engine)
     out = ensure_writable_dir(opts.out)
-    backend, manifest, card = open_model(engine)
-    if opts.task and opts.task != card.task:
-        backend.close()
-        raise EdgekitError(f"{engine}: this engine is a {card.task} model ({card.name}), not {opts.task}")
+    backend, manifest, card = open_model(engine, pipelined=True, task=opts.task)
     source = open_source(source_uri, loop=opts.loop, timeout_s=opts.timeout, reconnect=opts.reconnect,
                          rtsp_transport=opts.rtsp_transport, rtsp_latency_ms=opts.rtsp_latency_ms)
     sinks: List[Any] = []
@@ -180,9 +159,11 @@ def run_stream(engine: "str | Path", source_uri: str, opts: StreamOptions) -> Di
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, lambda *_: pipeline.stop("terminated (SIGTERM)"))
+    sampler = power.start_sampler(opts.power)
     try:
         pipeline.run()
     finally:
+        used_power = power.stop_sampler(sampler, pipeline.counters.processed)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         progress.finish()
@@ -200,6 +181,8 @@ def run_stream(engine: "str | Path", source_uri: str, opts: StreamOptions) -> Di
     from ..manifest import host_environment
 
     extra["environment"] = host_environment()
+    extra["power"] = used_power
+    extra["jetson"] = power.jetson_state()
     rep = report_mod.write(pipeline, out, extra)
     if pipeline.error is not None:
         e = pipeline.error
@@ -216,4 +199,4 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-__all__ = ["StreamOptions", "run_stream", "summarize"]
+__all__ = ["StreamOptions", "run_stream"]

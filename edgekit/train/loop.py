@@ -10,12 +10,12 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, sparsity
 from ..artifacts import ensure_writable_dir, write_json, write_text
 from ..card import ModelCard, _yaml
 from ..data import datasets
 from ..errors import EdgekitError
-from ..evaluate import Accumulator
+from ..evaluate import Accumulator, primary_metric
 from ..models import checkpoint, model_task
 from ..preprocess import resize, to_tensor
 from .augment import augment
@@ -155,10 +155,6 @@ def evaluate(model, batches: Batches, card: ModelCard, device: str, batch_size: 
     return result
 
 
-def primary_metric(task: str) -> str:
-    return "mAP50_95" if task == "detection" else "mIoU"
-
-
 def train(cfg: TrainConfig, resume: bool = False) -> Dict[str, Any]:
     """Train per `cfg` into cfg.out; returns the final report (also written as report.json)."""
     cfg = cfg.resolved()
@@ -174,13 +170,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> Dict[str, Any]:
     val_ds = datasets.load(cfg.task, cfg.data, "val", cfg.format)
     datasets.check_classes(val_ds, train_ds.classes, "train split")
     card = make_card(cfg, train_ds.classes)
-    model = checkpoint.build(card)
     if cfg.init:
         init_model, init_card = checkpoint.load(cfg.init, task=cfg.task)
         if init_card.arch != cfg.arch:
             raise EdgekitError(f"--init {cfg.init}: architecture '{init_card.arch}' differs from --arch {cfg.arch}")
-        checkpoint.load_weights_into(model, cfg.init, cfg.arch)
         del init_model
+        for key in ("pruning", "sparsity"):  # fine-tuning a pruned or sparse model keeps it so
+            if key in init_card.extra:
+                card.extra[key] = init_card.extra[key]
+    model = checkpoint.build(card)
+    if cfg.init:
+        checkpoint.load_weights_into(model, cfg.init, cfg.arch)
     if cfg.init_backbone:
         checkpoint.resolve(cfg.init_backbone)
         checkpoint.load_weights_into(model, cfg.init_backbone, cfg.arch, prefix="backbone.")
@@ -196,6 +196,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Dict[str, Any]:
         for p in model.backbone.parameters():
             p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
+    masks = sparsity.torch_masks(model) if card.extra.get("sparsity") else {}  # 2:4 zeros stay zero
     if cfg.optimizer == "adamw":
         opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
@@ -237,6 +238,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Dict[str, Any]:
                 torch.nn.utils.clip_grad_norm_(params, 10.0)
                 opt.step()
                 sched.step()
+                if masks:
+                    sparsity.apply_masks(model, masks)
                 running += float(loss.detach()) * len(idx)
                 seen += len(idx)
                 if bar is not None:
