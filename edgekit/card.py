@@ -31,7 +31,7 @@ _SCHEMA: Dict[str, Optional[Tuple[str, ...]]] = {
     "output": ("name", "layout"),
     "postprocess": ("score_threshold", "iou_threshold", "max_detections"),
 }
-_OPTIONAL_KEYS = ("description", "metrics", "training", "edgekit_version")
+_OPTIONAL_KEYS = ("description", "metrics", "training", "edgekit_version", "pruning", "sparsity")
 _OPTIONAL_SUBKEYS = {"postprocess": ("score_threshold", "iou_threshold", "max_detections")}
 
 
@@ -54,7 +54,7 @@ class ModelCard:
     score_threshold: float = 0.25
     iou_threshold: float = 0.5
     max_detections: int = 100
-    extra: Dict[str, Any] = field(default_factory=dict)  # description, metrics, training, edgekit_version
+    extra: Dict[str, Any] = field(default_factory=dict)  # description, metrics, training, pruning, sparsity, ...
 
     def __post_init__(self) -> None:
         if not self.output_layout:

@@ -132,6 +132,14 @@ def export(
         meta.key, meta.value = "edgekit.max_batch", str(dynamic_batch or 1)
         proto.producer_name = "edgekit"
         onnx.checker.check_model(proto)
+        if card.extra.get("sparsity"):
+            from .sparsity import check_onnx
+
+            check = check_onnx(proto)
+            if check["dense"]:  # BatchNorm folding scales whole output channels, so zeros must survive
+                raise EdgekitError(f"{out}: the card promises 2:4 sparsity but {len(check['dense'])} of "
+                                   f"{check['eligible']} eligible conv weights break it (first: {check['dense'][0]}); "
+                                   "not written")
         onnx.save(proto, str(tmp))
         # Parity: the ONNX on ONNX Runtime against the checkpoint on PyTorch, same inputs.
         batch = inputs if not dynamic_batch else inputs + [np.concatenate(inputs[:2])]

@@ -61,13 +61,18 @@ def save(model: nn.Module, card: ModelCard, stem: "str | Path") -> Path:
 
 
 def build(card: ModelCard) -> nn.Module:
-    """An untrained model of the card's architecture, classes and input size."""
+    """An untrained model of the card's architecture, classes and input size (pruned as the card records)."""
     arch_task = model_task(card.arch)
     if arch_task != card.task:
         raise EdgekitError(
             f"model card: architecture '{card.arch}' is a {arch_task} model, card says task '{card.task}'"
         )
-    return create(card.arch, card.num_classes, card.input_size, **card.arch_args)
+    model = create(card.arch, card.num_classes, card.input_size, **card.arch_args)
+    if card.extra.get("pruning"):
+        from ..prune import replay
+
+        replay(model, card)  # the pruned shapes, from the record in the card
+    return model
 
 
 def load(path: "str | Path", task: Optional[str] = None) -> Tuple[nn.Module, ModelCard]:

@@ -105,6 +105,10 @@ class Detector(nn.Module):
         points = torch.stack([gx, gy], 0).reshape(2, -1).float().add(0.5).mul(stride)
         self.register_buffer("points", points, persistent=False)  # [2, anchors]
 
+    def output_layers(self) -> List[nn.Module]:
+        """The layers whose channels are the output layout (never pruned)."""
+        return [self.box_head[-1], self.cls_head[-1]]
+
     def forward_raw(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(xyxy boxes [B, 4, N] in input pixels, class logits [B, C, N])."""
         feats = self.backbone(x)
@@ -138,6 +142,9 @@ class Segmenter(nn.Module):
         if h % 32 or w % 32:
             raise ValueError(f"input size must be a multiple of 32, got {h}x{w}")
         self.num_classes = num_classes
+
+    def output_layers(self) -> List[nn.Module]:
+        return [self.classifier[-1]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.decoder(self.backbone(x))
