@@ -28,6 +28,7 @@ RUNTIME := edgekit/__init__.py edgekit/__main__.py edgekit/cli.py edgekit/errors
 lint: $(STAMP)
 	$(VENV)/bin/ruff check edgekit tests benchmarks
 	$(VENV)/bin/vermin --no-tips --violations -t=3.8- $(RUNTIME)
+	$(VENV)/bin/shellcheck jetson/*.sh benchmarks/*.sh
 
 # The TensorRT backend is written from the documented API: check it against tensorrt-stubs (10.x API).
 typecheck: $(STAMP)

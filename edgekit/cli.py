@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     pn.add_argument("--importance", default="l2", choices=("l1", "l2", "taylor"))
     pn.add_argument("--round-to", type=int, default=8, help="keep channel counts multiples of this (default 8)")
     pn.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs (default 10; 0: none)")
-    pn.add_argument("--lr", type=float, default=5e-4, help="fine-tuning peak learning rate (default 5e-4)")
+    pn.add_argument("--lr", type=float, default=1e-3, help="fine-tuning peak learning rate (default 1e-3)")
     pn.add_argument("--batch-size", type=int, default=16)
     pn.add_argument("--sparsity", choices=("2:4",), help="magnitude 2:4 sparsity on eligible conv weights")
     pn.add_argument("--format", default="auto", choices=("auto", "coco", "yolo"))

@@ -45,7 +45,7 @@ class PruneOptions:
     importance: str = "l2"
     round_to: int = 8
     finetune_epochs: int = 10
-    lr: float = 5e-4
+    lr: float = 1e-3  # half the training default: the pruned network needs real retraining, see README
     batch_size: int = 16
     sparsity: Optional[str] = None  # "2:4"
     format: str = "auto"
