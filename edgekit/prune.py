@@ -206,7 +206,6 @@ def prune(checkpoint_path: str, opts: PruneOptions) -> Dict[str, Any]:
 
         ds_val = datasets.load(card.task, opts.data, "val", opts.format)
         datasets.check_classes(ds_val, card.classes, f"{checkpoint_path} model")
-    ensure_writable_dir(out)
     before_channels = channel_counts(model)
     taylor = _taylor_loss(card, opts) if opts.importance == "taylor" else None
 
@@ -223,6 +222,7 @@ def prune(checkpoint_path: str, opts: PruneOptions) -> Dict[str, Any]:
     elif opts.target_latency_ms is not None:
         ratio, tried = search_ratio(lambda r: _latency_ms(pruned_copy(r), card, opts.backend),
                                     opts.target_latency_ms, "latency_ms", " ms", step=0.1)
+    ensure_writable_dir(out)  # only now: a refused target leaves nothing behind
     if ratio > 0:
         skipped = prune_channels(model, card, ratio, opts.importance, opts.round_to, taylor)
     record = {"tool": f"torch-pruning {_tp().__version__}", "ratio": round(ratio, 4), "importance": opts.importance,

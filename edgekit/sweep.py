@@ -57,8 +57,7 @@ class Variant:
         return " ".join(parts)
 
     def engine_path(self, out: Path) -> Path:
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.label.replace(" ", "."))
-        return out / (name + (".plan" if self.backend == "tensorrt" else ".onnx"))
+        return out / (_safe(self.label.replace(" ", ".")) + (".plan" if self.backend == "tensorrt" else ".onnx"))
 
 
 def _check_choices(values: List[str], allowed: Tuple[str, ...], flag: str) -> None:
@@ -138,10 +137,51 @@ def _accuracy(backend: Any, card: ModelCard, ds: datasets.Dataset, limit: int) -
     return evaluate(lambda x: backend.infer([x])[0], card, ds, limit)
 
 
-def sweep(checkpoint_paths: List[str], opts: SweepOptions) -> Dict[str, Any]:
-    from .backends.onnxruntime_backend import OnnxRuntimeBackend
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _reference(path: Path, card: ModelCard, ds: datasets.Dataset, opts: SweepOptions) -> Tuple[Dict, prof.Subject]:
+    """The checkpoint itself on eager PyTorch: the row every other is compared with."""
     from .backends.torch_backend import TorchBackend
+
+    b = TorchBackend(path, opts.device)
+    label = f"{card.name} torch fp32 ({b.device})"
+    row = {"variant": label, "checkpoint": str(path), "backend": "torch", "precision": "fp32", "calib_method": None,
+           "device": b.device, "status": "ok", "file": str(path), "bytes": path.stat().st_size,
+           "accuracy": _accuracy(b, card, ds, opts.limit)}
+    return row, prof.Subject(label, b, card, {"backend": {"name": "torch"}}, str(path))
+
+
+def _variant(v: Variant, path: Path, onnx_path: Path, card: ModelCard, ds: datasets.Dataset, calib: Optional[str],
+             opts: SweepOptions) -> Tuple[Dict, Optional[prof.Subject]]:
+    """Build, open and evaluate one variant; a row saying why where it is skipped or fails."""
+    from .backends.onnxruntime_backend import OnnxRuntimeBackend
     from .engine import open_engine
+
+    device = f"dla{v.dla_core}" if v.dla_core is not None else ("gpu" if v.backend == "tensorrt" else "cpu")
+    row: Dict[str, Any] = {"variant": v.label, "checkpoint": str(path), "backend": v.backend,
+                           "precision": v.precision, "calib_method": v.calib_method, "device": device}
+    why = unsupported(v.backend, v.precision, v.dla_core)
+    if why:
+        return {**row, "status": "skipped", "reason": why}, None
+    try:
+        built = build_engine(onnx_path, v.engine_path(Path(opts.out)), BuildOptions(
+            backend=v.backend, precision=v.precision, calib=calib, calib_method=v.calib_method or "minmax",
+            calib_size=opts.calib_size, dla_core=v.dla_core))
+        backend, manifest, _ = open_engine(built.engine)
+    except EdgekitError as e:
+        return {**row, "status": "failed", "reason": str(e)}, None
+    row.update(status="ok", file=str(built.engine), bytes=built.bytes, build_seconds=round(built.seconds, 2),
+               accuracy=_accuracy(backend, card, ds, opts.limit))
+    qdq = manifest.get("files", {}).get("tensorrt_qdq_onnx")
+    if qdq and v.backend == "onnxruntime":  # what the Jetson's INT8 engine will score, predicted here
+        with OnnxRuntimeBackend(built.engine.parent / qdq) as q:
+            row["accuracy_tensorrt_qdq_on_cpu"] = _accuracy(q, card, ds, opts.limit)
+    return row, prof.Subject(v.label, backend, card, manifest, str(built.engine))
+
+
+def sweep(checkpoint_paths: List[str], opts: SweepOptions) -> Dict[str, Any]:
     from .export import export
 
     t0 = time.perf_counter()
@@ -162,41 +202,13 @@ def sweep(checkpoint_paths: List[str], opts: SweepOptions) -> Dict[str, Any]:
     subjects: List[Tuple[Dict[str, Any], prof.Subject]] = []
     try:
         for path, card in ckpts:
-            stem = card.name
-            onnx_path = out / (re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) + ".onnx")
-            export(path, onnx_path)
-            torch_b = TorchBackend(path, opts.device)
-            row = {"variant": f"{stem} torch fp32 ({torch_b.device})", "checkpoint": str(path), "backend": "torch",
-                   "precision": "fp32", "calib_method": None, "device": torch_b.device, "status": "ok",
-                   "file": str(path), "bytes": path.stat().st_size,
-                   "accuracy": _accuracy(torch_b, card, ds, opts.limit)}
-            rows.append(row)
-            subjects.append((row, prof.Subject(row["variant"], torch_b, card,
-                                               {"backend": {"name": "torch"}}, str(path))))
-            for v in plan([stem], backends, dla, opts):
-                row = {"variant": v.label, "checkpoint": str(path), "backend": v.backend, "precision": v.precision,
-                       "calib_method": v.calib_method, "device": f"dla{v.dla_core}" if v.dla_core is not None else
-                       ("gpu" if v.backend == "tensorrt" else "cpu")}
+            onnx_path = export(path, out / (_safe(card.name) + ".onnx")).path
+            for v in [None, *plan([card.name], backends, dla, opts)]:
+                row, subject = _reference(path, card, ds, opts) if v is None else \
+                    _variant(v, path, onnx_path, card, ds, calib, opts)
                 rows.append(row)
-                why = unsupported(v.backend, v.precision, v.dla_core)
-                if why:
-                    row.update(status="skipped", reason=why)
-                    continue
-                try:
-                    built = build_engine(onnx_path, v.engine_path(out), BuildOptions(
-                        backend=v.backend, precision=v.precision, calib=calib, calib_method=v.calib_method or "minmax",
-                        calib_size=opts.calib_size, dla_core=v.dla_core))
-                    backend, manifest, _ = open_engine(built.engine)
-                except EdgekitError as e:
-                    row.update(status="failed", reason=str(e))
-                    continue
-                row.update(status="ok", file=str(built.engine), bytes=built.bytes,
-                           build_seconds=round(built.seconds, 2), accuracy=_accuracy(backend, card, ds, opts.limit))
-                qdq = manifest.get("files", {}).get("tensorrt_qdq_onnx")
-                if qdq and v.backend == "onnxruntime":
-                    with OnnxRuntimeBackend(built.engine.parent / qdq) as q:
-                        row["accuracy_tensorrt_qdq_on_cpu"] = _accuracy(q, card, ds, opts.limit)
-                subjects.append((row, prof.Subject(v.label, backend, card, manifest, str(built.engine))))
+                if subject is not None:
+                    subjects.append((row, subject))
         for _, s in subjects:
             prof.prepare(s, opts.profile.batch)
         prof.measure([s for _, s in subjects], opts.profile)

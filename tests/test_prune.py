@@ -90,7 +90,7 @@ def test_prune_bad_inputs_are_one_line(tiny_synth, tmp_path):
     assert_one_line_error(r, "not reachable", "closest reached")
     r = run_cli("prune", det, "--target-macs", "5G", "--finetune-epochs", "0", "-o", str(tmp_path / "d"))
     assert_one_line_error(r, "already meets the target")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not any(tmp_path.iterdir())  # nothing written for a refused run
 
 
 def test_target_macs_is_met(tmp_path):

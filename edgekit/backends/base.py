@@ -1,10 +1,21 @@
 """The backend interface: availability, I/O description, infer, and the timing of the last call."""
 
+import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from ..errors import MissingDependency
+
+
+def runtime_module(module: str, package: str, extra: str) -> Any:
+    """A backend's runtime, imported when first needed; a one-line MissingDependency where absent."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependency(package, extra) from None
 
 
 @dataclass(frozen=True)

@@ -8,18 +8,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import EdgekitError, MissingDependency
-from .base import Backend, TensorSpec, Timing
+from .base import Backend, TensorSpec, Timing, runtime_module
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
                "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
 
 
 def _ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingDependency("onnxruntime", "onnxruntime") from None
-    return onnxruntime
+    return runtime_module("onnxruntime", "onnxruntime", "onnxruntime")
 
 
 class OnnxRuntimeBackend(Backend):

@@ -14,16 +14,12 @@ import numpy as np
 
 from ..card import ModelCard
 from ..errors import EdgekitError, MissingDependency
-from .base import Backend, TensorSpec, Timing
+from .base import Backend, TensorSpec, Timing, runtime_module
 from .cuda_mem import CudaApi, open_cuda
 
 
 def _trt() -> Any:
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise MissingDependency("tensorrt", "tensorrt") from None
-    return trt
+    return runtime_module("tensorrt", "tensorrt", "tensorrt")
 
 
 class _Logger:

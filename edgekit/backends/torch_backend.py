@@ -10,15 +10,11 @@ import numpy as np
 
 from ..card import ModelCard
 from ..errors import EdgekitError, MissingDependency
-from .base import Backend, TensorSpec, Timing
+from .base import Backend, TensorSpec, Timing, runtime_module
 
 
 def _torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise MissingDependency("torch", "build") from None
-    return torch
+    return runtime_module("torch", "torch", "build")
 
 
 class TorchBackend(Backend):
