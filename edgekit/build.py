@@ -51,6 +51,7 @@ class BuildReport:
     agreement: Dict[str, Any]
     extra_files: Dict[str, str]
     up_to_date: bool = False
+    sparsity: Optional[Dict[str, Any]] = None  # with --sparsity: how many conv weights follow the 2:4 pattern
 
 
 def unsupported(backend: str, precision: str, dla_core: Optional[int] = None, sparsity: bool = False,
@@ -142,6 +143,9 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
                            (m.get("int8") or {}).get("kept_fp32", []), m.get("agreement", {}),
                            m.get("files", {}), up_to_date=True)
 
+    from .sparsity import check_onnx
+
+    sparse = check_onnx(model) if opts.sparsity else None  # sparse kernels only help where the zeros are
     frames = calib.frames if calib else _agreement_frames(card)
     tensors = [preprocess(f, card)[0] for f in frames]
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -211,6 +215,7 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
             "build": {"seconds": round(seconds, 2), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       "command": mf.command_line(), "flags": fp["flags"]},
             "fingerprint": fp,
+            "sparsity": sparse,
             "card": card.to_dict(),
         }
         mtmp = work / "manifest.json"
@@ -224,7 +229,7 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return BuildReport(out, mf.path_for(out), backend, precision, seconds, out.stat().st_size, sorted(kept),
-                       agreement, {k: str(v) for k, v in final_files.items()})
+                       agreement, {k: str(v) for k, v in final_files.items()}, sparsity=sparse)
 
 
 def _agreement_frames(card: ModelCard) -> List[np.ndarray]:

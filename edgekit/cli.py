@@ -167,6 +167,11 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
         print(f"also wrote: {path} ({kind})")
     if rep.precision == "int8":
         print(f"kept in higher precision ({len(rep.kept_fp32)} nodes): {', '.join(rep.kept_fp32) or 'none'}")
+    if rep.sparsity is not None:
+        s = rep.sparsity
+        print(f"2:4 sparsity: {s['sparse']} of {s['eligible']} eligible conv weights follow the pattern" +
+              ("" if s["sparse"] else " (none: TensorRT keeps dense kernels; make zeros with edgekit prune "
+                                      "--sparsity 2:4)"))
     a = rep.agreement
     key = "detection_f1" if "detection_f1" in a else "pixel_agreement"
     print(f"agreement with FP32 on {a['frames']} frames: {key} {a[key]:.4f}, max abs output diff {a['max_abs_diff']}")
