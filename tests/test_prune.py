@@ -101,3 +101,18 @@ def test_target_macs_is_met(tmp_path):
     rep = json.loads((out / "prune_report.json").read_text())
     assert rep["stages"][-1]["macs"] <= 50e6 < rep["stages"][0]["macs"]
     assert 0 < rep["ratio"] < 0.9 and rep["search"][-1]["ratio"] == rep["ratio"]  # the first ratio on the grid
+
+
+def test_pruned_checkpoint_joins_the_sweep(pruned_det, tiny_synth, tmp_path):
+    r = run_cli("sweep", str(SHIPPED["detection"]), str(pruned_det / "best.safetensors"), "--data", str(tiny_synth),
+                "--precisions", "fp32", "--iterations", "10", "--duration", "0", "--warmup", "0", "--rounds", "1",
+                "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    rows = {row["variant"]: row for row in json.loads((tmp_path / "sweep.json").read_text())["rows"]}
+    assert list(rows) == ["edgenet-det-s torch fp32 (cpu)", "edgenet-det-s onnxruntime fp32",
+                          "edgenet-det-s-p50 torch fp32 (cpu)", "edgenet-det-s-p50 onnxruntime fp32"]
+    pruned = rows["edgenet-det-s-p50 onnxruntime fp32"]
+    # compared with the unpruned PyTorch reference, not with itself
+    ref = rows["edgenet-det-s torch fp32 (cpu)"]["accuracy"]["mAP50_95"]
+    assert pruned["delta_points"] == pytest.approx(100 * (pruned["accuracy"]["mAP50_95"] - ref), abs=0.01)
+    assert pruned["bytes"] < rows["edgenet-det-s onnxruntime fp32"]["bytes"] / 2
