@@ -105,6 +105,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         round_to=args.round_to, finetune_epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size,
         sparsity=args.sparsity, format=args.format, device=args.device, max_train_images=args.max_train_images,
         max_val_images=args.max_val_images, progress=not args.quiet, report_seconds=args.report_duration,
+        name=args.name or "",
     )
     r = prune(args.checkpoint, opts)
     print(markdown(r), end="")
@@ -379,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     pn.add_argument("checkpoint", help="checkpoint to prune (.safetensors with its card)")
     pn.add_argument("-o", "--output", required=True, help="output folder")
     pn.add_argument("--data", help="dataset for fine-tuning, taylor importance and the accuracy report")
+    pn.add_argument("--name", help="model name in the pruned card (default: NAME-pRATIO, e.g. edgenet-det-s-p50)")
     target = pn.add_mutually_exclusive_group()
     target.add_argument("--ratio", type=float, help="share of channels to remove from each layer, e.g. 0.3")
     target.add_argument("--target-macs", metavar="M", help="prune until at most M MACs, e.g. 40M")

@@ -54,6 +54,7 @@ class PruneOptions:
     max_val_images: int = 0
     progress: bool = True
     report_seconds: float = 3.0  # latency of each stage in the report: at least this long
+    name: str = ""  # the pruned model's name in its card (default: NAME-pRATIO)
 
     def check(self) -> None:
         targets = [t for t in (self.ratio, self.target_macs, self.target_latency_ms) if t is not None]
@@ -227,7 +228,7 @@ def prune(checkpoint_path: str, opts: PruneOptions) -> Dict[str, Any]:
         skipped = prune_channels(model, card, ratio, opts.importance, opts.round_to, taylor)
     record = {"tool": f"torch-pruning {_tp().__version__}", "ratio": round(ratio, 4), "importance": opts.importance,
               "round_to": opts.round_to, "from": str(checkpoint_path), "layers_left_unpruned": skipped}
-    name = f"{card.name}-p{round(100 * ratio)}" + ("-sparse24" if opts.sparsity else "")
+    name = opts.name or f"{card.name}-p{round(100 * ratio)}" + ("-sparse24" if opts.sparsity else "")
     new_card = pruned_card(card, model, record, name)
     if opts.sparsity:
         masks = sparsity.torch_masks(model)

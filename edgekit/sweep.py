@@ -116,17 +116,22 @@ def _calibration(opts: SweepOptions) -> str:
 
 
 def _load_checkpoints(paths: List[str]) -> List[Tuple[Path, ModelCard]]:
-    """(weights file, card) of each checkpoint, all of one task."""
+    """(weights file, card) of each checkpoint, all of one task; a name two cards share gets the folder added
+    (edgenet-det-s-p50@run2), as rows and engine files are named after it."""
+    import dataclasses
+
     from .models import checkpoint
 
-    found = []
+    found: List[Tuple[Path, ModelCard]] = []
     for p in paths:
         weights, card_path = checkpoint.resolve(p)
-        found.append((weights, ModelCard.load(card_path)))
+        if any(w.resolve() == weights.resolve() for w, _ in found):
+            raise EdgekitError(f"{p}: given twice")
+        card = ModelCard.load(card_path)
+        if any(c.name == card.name for _, c in found):
+            card = dataclasses.replace(card, name=f"{card.name}@{weights.parent.name}")
+        found.append((weights, card))
     tasks = {c.task for _, c in found}
-    names = [c.name for _, c in found]
-    if len(set(names)) < len(names):
-        raise EdgekitError(f"sweep needs models with distinct names (their cards say {', '.join(names)})")
     if len(tasks) > 1:
         raise EdgekitError("sweep compares models of one task; got " +
                            ", ".join(f"{p} ({c.task})" for p, c in found))
