@@ -93,6 +93,9 @@ def checks() -> List[Check]:
     out.append(Check("python", "numpy", True, numpy.__version__))
     video = _probe(opencv_video_backends)
     out.append(Check("python", "opencv", True, cv2.__version__))
+    out.append(Check("python", "faster-coco-eval", bool(_version("faster-coco-eval")),
+                     _version("faster-coco-eval") or "not installed",
+                     "" if _version("faster-coco-eval") else "pip install 'edgekit[eval]' (mAP in edgekit eval)"))
     if isinstance(video, dict):
         gst_fix = ("use the system OpenCV built with GStreamer (JetPack's python3-opencv; jetson/setup.sh sets it up)"
                    if jetson else "pip wheels of OpenCV come without GStreamer; build OpenCV with it for csi:// "
@@ -121,9 +124,6 @@ def checks() -> List[Check]:
                      "" if have else "pip install cuda-python (or pycuda) for the tensorrt backend's device memory"))
     out.append(_gpu_check())
     out.append(_dla_check(jetson))
-    out.append(Check("python", "faster-coco-eval", bool(_version("faster-coco-eval")),
-                     _version("faster-coco-eval") or "not installed",
-                     "" if _version("faster-coco-eval") else "pip install 'edgekit[eval]' (mAP in edgekit eval)"))
     return out
 
 
@@ -146,11 +146,11 @@ def _gpu_check() -> Check:
 
 
 def _dla_check(jetson: bool) -> Check:
-    if importlib.util.find_spec("tensorrt") is None:
-        return Check("cuda", "DLA", False, "unknown (TensorRT is needed to count DLA cores)",
-                     "AGX Orin and Orin NX have 2 DLA cores; Orin Nano has none" if jetson else "")
     from .backends.tensorrt_backend import TensorRTBackend
 
+    if not TensorRTBackend.available()[0]:
+        return Check("cuda", "DLA", False, "unknown (TensorRT and a GPU are needed to count DLA cores)",
+                     "AGX Orin and Orin NX have 2 DLA cores; Orin Nano has none" if jetson else "")
     n = _probe(TensorRTBackend.dla_cores)
     if isinstance(n, ProbeFailed):
         return Check("cuda", "DLA", False, f"cannot count DLA cores: {n}")

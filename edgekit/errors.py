@@ -11,8 +11,8 @@ class EdgekitError(Exception):
 class MissingDependency(EdgekitError):
     """An optional dependency is not installed; the message names the extra that brings it."""
 
-    def __init__(self, module: str, extra: str) -> None:
+    def __init__(self, module: str, extra: str, how: str = "") -> None:
         super().__init__(
             f"this needs the Python package '{module}', which is not installed: "
-            f"pip install 'edgekit[{extra}]'"
+            + (how or f"pip install 'edgekit[{extra}]'")
         )

@@ -10,12 +10,18 @@ import numpy as np
 from ..errors import MissingDependency
 
 
-def runtime_module(module: str, package: str, extra: str) -> Any:
-    """A backend's runtime, imported when first needed; a one-line MissingDependency where absent."""
+def runtime_module(module: str, package: str, extra: str, needs: str = "", how: str = "") -> Any:
+    """A backend's runtime, imported when first needed; a one-line MissingDependency where absent.
+
+    `needs` names an attribute the real package has: type-stub packages (tensorrt-stubs) import as an
+    empty namespace package and must not pass for the runtime."""
     try:
-        return importlib.import_module(module)
+        mod = importlib.import_module(module)
     except ImportError:
-        raise MissingDependency(package, extra) from None
+        raise MissingDependency(package, extra, how) from None
+    if needs and not hasattr(mod, needs):
+        raise MissingDependency(package, extra, how)
+    return mod
 
 
 @dataclass(frozen=True)

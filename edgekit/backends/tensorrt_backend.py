@@ -19,7 +19,10 @@ from .cuda_mem import CudaApi, open_cuda
 
 
 def _trt() -> Any:
-    return runtime_module("tensorrt", "tensorrt", "tensorrt")
+    # TensorRT comes with JetPack (apt) or NVIDIA's wheels, not from an edgekit extra.
+    return runtime_module("tensorrt", "tensorrt", "", needs="Builder",
+                          how="on a Jetson: jetson/setup.sh (JetPack's python3-libnvinfer); on a PC with an NVIDIA "
+                              "GPU: pip install 'tensorrt-cu12<11'")
 
 
 class _Logger:
