@@ -16,7 +16,7 @@ def backend_environment(name: str) -> Dict[str, Any]:
     env = getattr(cls, "environment", None)
     if env is not None:
         return env()
-    return {"name": name, "version": cls.version()}  # type: ignore[attr-defined]
+    return {"name": name, "version": cls.version()}
 
 
 def open_engine(path: "str | Path", pipelined: bool = False) -> Tuple[Backend, Dict[str, Any], ModelCard]:

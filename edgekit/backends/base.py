@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import MissingDependency
+from ..errors import EdgekitError, MissingDependency
 
 
 def runtime_module(module: str, package: str, extra: str, needs: str = "", how: str = "") -> Any:
@@ -48,8 +48,25 @@ class Backend(ABC):
 
     @classmethod
     @abstractmethod
+    def runtime(cls) -> Any:
+        """The backend's runtime module, imported now (MissingDependency where absent)."""
+
+    @classmethod
+    @abstractmethod
+    def describe(cls, runtime: Any) -> str:
+        """Version and device in one line; raises EdgekitError where the runtime cannot run here."""
+
+    @classmethod
     def available(cls) -> Tuple[bool, str]:
-        """(True, version) where this backend can run here, else (False, why not and what to install)."""
+        """(True, version and device) where this backend can run here, else (False, why not and what to install)."""
+        try:
+            return True, cls.describe(cls.runtime())
+        except EdgekitError as e:
+            return False, str(e)
+
+    @classmethod
+    def version(cls) -> str:
+        return str(cls.runtime().__version__)
 
     @property
     @abstractmethod

@@ -3,11 +3,11 @@ validated with (recorded in its manifest)."""
 
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import EdgekitError, MissingDependency
+from ..errors import EdgekitError
 from .base import Backend, TensorSpec, Timing, runtime_module
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
@@ -22,16 +22,12 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     @classmethod
-    def available(cls) -> Tuple[bool, str]:
-        try:
-            ort = _ort()
-        except MissingDependency as e:
-            return False, str(e)
-        return True, f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())})"
+    def runtime(cls) -> Any:
+        return _ort()
 
-    @staticmethod
-    def version() -> str:
-        return str(_ort().__version__)
+    @classmethod
+    def describe(cls, runtime: Any) -> str:
+        return f"onnxruntime {runtime.__version__} ({', '.join(runtime.get_available_providers())})"
 
     @staticmethod
     def providers_available() -> List[str]:

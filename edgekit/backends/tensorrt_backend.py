@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..card import ModelCard
-from ..errors import EdgekitError, MissingDependency
+from ..errors import EdgekitError
 from .base import Backend, TensorSpec, Timing, runtime_module
 from .cuda_mem import CudaApi, open_cuda
 
@@ -218,21 +218,13 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
 
     @classmethod
-    def available(cls) -> Tuple[bool, str]:
-        try:
-            trt = _trt()
-        except MissingDependency as e:
-            return False, str(e)
-        try:
-            cuda = open_cuda()
-        except EdgekitError as e:
-            return False, str(e)
-        gpu, cc = cuda.device_info()
-        return True, f"TensorRT {trt.__version__} on {gpu} (SM {cc})"
+    def runtime(cls) -> Any:
+        return _trt()
 
-    @staticmethod
-    def version() -> str:
-        return str(_trt().__version__)
+    @classmethod
+    def describe(cls, runtime: Any) -> str:
+        gpu, cc = open_cuda().device_info()  # EdgekitError where no CUDA binding finds a GPU
+        return f"TensorRT {runtime.__version__} on {gpu} (SM {cc})"
 
     @staticmethod
     def environment() -> Dict[str, Any]:
@@ -253,10 +245,10 @@ class TensorRTBackend(Backend):
         trt = _trt()
         self.cuda = open_cuda()
         self.log = _Logger(trt)
-        self.runtime = trt.Runtime(self.log.logger)
+        self.trt_runtime = trt.Runtime(self.log.logger)
         if dla_core is not None:
-            self.runtime.DLA_core = dla_core  # must be set before deserializing a DLA engine
-        self.engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
+            self.trt_runtime.DLA_core = dla_core  # must be set before deserializing a DLA engine
+        self.engine = self.trt_runtime.deserialize_cuda_engine(Path(path).read_bytes())
         if self.engine is None:
             raise EdgekitError(f"{path}: TensorRT cannot deserialize it: {self.log.tail()}")
         self.context = self.engine.create_execution_context()

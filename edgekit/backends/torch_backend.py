@@ -4,12 +4,12 @@ On CUDA, host-to-device copy, compute and device-to-host copy are timed with CUD
 
 import time
 from pathlib import Path
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Sequence
 
 import numpy as np
 
 from ..card import ModelCard
-from ..errors import EdgekitError, MissingDependency
+from ..errors import EdgekitError
 from .base import Backend, TensorSpec, Timing, runtime_module
 
 
@@ -21,17 +21,14 @@ class TorchBackend(Backend):
     name = "torch"
 
     @classmethod
-    def available(cls) -> Tuple[bool, str]:
-        try:
-            torch = _torch()
-        except MissingDependency as e:
-            return False, str(e)
-        gpu = f"CUDA {torch.version.cuda} on {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "CPU"
-        return True, f"torch {torch.__version__} ({gpu})"
+    def runtime(cls) -> Any:
+        return _torch()
 
-    @staticmethod
-    def version() -> str:
-        return str(_torch().__version__)
+    @classmethod
+    def describe(cls, runtime: Any) -> str:
+        cuda = runtime.cuda
+        gpu = f"CUDA {runtime.version.cuda} on {cuda.get_device_name(0)}" if cuda.is_available() else "CPU"
+        return f"torch {runtime.__version__} ({gpu})"
 
     @staticmethod
     def resolve_device(device: str) -> str:
