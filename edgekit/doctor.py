@@ -26,10 +26,8 @@ class Check:
 
 
 def _version(module: str) -> Optional[str]:
-    try:
-        from importlib import metadata
-    except ImportError:  # pragma: no cover  (Python < 3.8)
-        return None
+    from importlib import metadata
+
     try:
         return metadata.version(module)
     except metadata.PackageNotFoundError:

@@ -20,10 +20,13 @@ def primary_metric(task: str) -> str:
     return "mAP50_95" if task == "detection" else "mIoU"
 
 
-def accuracy_text(task: str, m: Dict[str, Any]) -> str:
+def accuracy_text(task: str, m: Dict[str, Any], compact: bool = False) -> str:
+    """'mAP@0.5 0.891, mAP@0.5:0.95 0.688' / 'mIoU 0.818'; compact (table cells): '0.891 / 0.688' / '0.818'."""
     if task == "detection":
+        if compact:
+            return f"{m['mAP50']:.3f} / {m['mAP50_95']:.3f}"
         return f"mAP@0.5 {m['mAP50']:.3f}, mAP@0.5:0.95 {m['mAP50_95']:.3f}"
-    return f"mIoU {m['mIoU']:.3f}"
+    return f"{m['mIoU']:.3f}" if compact else f"mIoU {m['mIoU']:.3f}"
 
 
 class Accumulator:

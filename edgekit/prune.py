@@ -267,12 +267,13 @@ def _latency_ms(model: nn.Module, card: ModelCard, backend: str) -> float:
     from . import profile as prof
     from .build import BuildOptions, build_engine
     from .engine import open_engine
+    from .export import export
     from .models import checkpoint
 
     with tempfile.TemporaryDirectory(prefix="edgekit-prune-") as tmp:
         c = pruned_card(card, model, {}, card.name)
         checkpoint.save(model, c, Path(tmp) / "candidate")
-        onnx_path = _export_quiet(Path(tmp) / "candidate.safetensors", Path(tmp) / "candidate.onnx")
+        onnx_path = export(Path(tmp) / "candidate.safetensors", Path(tmp) / "candidate.onnx").path
         built = build_engine(onnx_path, Path(tmp) / "candidate.engine", BuildOptions(backend=backend))
         b, manifest, engine_card = open_engine(built.engine)
         with b:
@@ -280,13 +281,6 @@ def _latency_ms(model: nn.Module, card: ModelCard, backend: str) -> float:
             prof.prepare(s, 1)
             prof.measure([s], prof.ProfileOptions(warmup_s=0.3, iterations=100, duration_s=1.0))
     return prof.result(s, prof.ProfileOptions())["host_ms"]["p50"]
-
-
-def _export_quiet(ckpt: Path, onnx_path: Path) -> Path:
-    from .export import export
-
-    export(ckpt, onnx_path)
-    return onnx_path
 
 
 def _finetune(pruned: Path, card: ModelCard, opts: PruneOptions) -> Path:
@@ -309,6 +303,7 @@ def _report(original: Path, pruned: Path, final: Path, before_channels: Dict[str
     from . import profile as prof
     from .backends.onnxruntime_backend import OnnxRuntimeBackend
     from .evaluate import evaluate
+    from .export import export
     from .models import checkpoint
     from .onnx_io import load_model
 
@@ -321,7 +316,7 @@ def _report(original: Path, pruned: Path, final: Path, before_channels: Dict[str
             model, card = checkpoint.load(path)
             macs, params = complexity(model, card)
             weights, _ = checkpoint.resolve(path)
-            onnx_path = _export_quiet(path, work / f"{label}.onnx")
+            onnx_path = export(path, work / f"{label}.onnx").path
             row: Dict[str, Any] = {"stage": label, "checkpoint": str(path), "params": params, "macs": macs,
                                    "bytes": weights.stat().st_size, "channels": channel_counts(model)}
             if card.extra.get("sparsity"):
@@ -337,15 +332,15 @@ def _report(original: Path, pruned: Path, final: Path, before_channels: Dict[str
         prof.measure(subjects, popts)
         for row, s in zip(rows, subjects):
             row["latency_ms"] = prof.result(s, popts)["host_ms"]
-            s.backend.close()
     finally:
+        for s in subjects:
+            s.backend.close()
         shutil.rmtree(work, ignore_errors=True)
     base = rows[0]["latency_ms"]["p50"]
     for row in rows:
         row["latency_ratio_vs_unpruned"] = round(base / row["latency_ms"]["p50"], 3)
     from .evaluate import primary_metric
 
-    _, card = checkpoint.load(final)
     return {"schema": "edgekit.prune/1", "task": card.task, "metric": primary_metric(card.task),
             "importance": opts.importance, "round_to": opts.round_to, "sparsity": opts.sparsity,
             "finetune_epochs": opts.finetune_epochs, "data": opts.data, "stages": rows,

@@ -15,7 +15,7 @@ from .build import BuildOptions, build_engine, unsupported
 from .card import ModelCard
 from .data import datasets
 from .errors import EdgekitError
-from .evaluate import evaluate, primary_metric
+from .evaluate import accuracy_text, evaluate, primary_metric
 
 SCHEMA = "edgekit.sweep/1"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -262,10 +262,6 @@ def mark_pareto(rows: List[Dict[str, Any]], budget: Optional[float]) -> None:
             min(within, key=lambda r: r["latency_ms"]["p90"])["chosen"] = True
 
 
-def _acc_text(task: str, a: Dict[str, Any]) -> str:
-    return f"{a['mAP50']:.3f} / {a['mAP50_95']:.3f}" if task == "detection" else f"{a['mIoU']:.3f}"
-
-
 def markdown(r: Dict[str, Any]) -> str:
     task = r["task"]
     what = "mAP@0.5 / mAP@0.5:0.95" if task == "detection" else "mIoU"
@@ -290,11 +286,12 @@ def markdown(r: Dict[str, Any]) -> str:
         if row.get("pareto"):
             notes.append("Pareto front")
         if "accuracy_tensorrt_qdq_on_cpu" in row:
-            notes.append(f"TensorRT Q/DQ file on CPU: {_acc_text(task, row['accuracy_tensorrt_qdq_on_cpu'])}")
+            qdq = accuracy_text(task, row["accuracy_tensorrt_qdq_on_cpu"], compact=True)
+            notes.append(f"TensorRT Q/DQ file on CPU: {qdq}")
         if any(w.startswith("unstable timing") for w in row.get("warnings", [])):
             notes.append(f"unstable timing (CV {100 * lat['cv']:.0f}%)")
         lines.append(f"| {row['variant']} | {size} | {lat['p50']:.2f} | {lat['p90']:.2f} | {lat['p99']:.2f} | "
-                     f"{row['throughput_images_per_s']:.1f} | {_acc_text(task, row['accuracy'])} | "
+                     f"{row['throughput_images_per_s']:.1f} | {accuracy_text(task, row['accuracy'], compact=True)} | "
                      f"{row['delta_points']:+.2f} | {'; '.join(notes)} |")
     if r["accuracy_budget_points"] is not None and not any(row.get("chosen") for row in r["rows"]):
         lines.append(f"\nNo variant stays within {r['accuracy_budget_points']:g} points of the reference.")
