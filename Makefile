@@ -19,11 +19,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m edgekit demo --out build/demo
 
-# Runtime side (DESIGN.md section 2): must stay valid Python 3.8 for JetPack 5.
-RUNTIME := edgekit/__init__.py edgekit/__main__.py edgekit/cli.py edgekit/errors.py edgekit/card.py \
-	edgekit/artifacts.py edgekit/preprocess.py edgekit/metrics.py edgekit/manifest.py edgekit/engine.py \
-	edgekit/calibration.py edgekit/onnx_io.py edgekit/evaluate.py edgekit/stats.py edgekit/profile.py edgekit/power.py \
-	edgekit/tegra.py edgekit/doctor.py edgekit/backends edgekit/tasks edgekit/data edgekit/stream
+# Runtime side (DESIGN.md section 2): the folder edgekit/runtime plus the package's entry points, which
+# must stay valid Python 3.8 for JetPack 5. The build side (edgekit/build) needs what PyTorch needs.
+RUNTIME := edgekit/runtime edgekit/__init__.py edgekit/__main__.py edgekit/errors.py edgekit/cli
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check edgekit tests benchmarks
@@ -32,8 +30,8 @@ lint: $(STAMP)
 
 # The TensorRT backend is written from the documented API: check it against tensorrt-stubs (10.x API).
 typecheck: $(STAMP)
-	$(VENV)/bin/pyright --pythonpath $(PY) edgekit/backends edgekit/engine.py edgekit/build.py \
-		edgekit/manifest.py edgekit/calibration.py
+	$(VENV)/bin/pyright --pythonpath $(PY) edgekit/runtime/backends edgekit/runtime/opening.py \
+		edgekit/runtime/manifest.py edgekit/runtime/calibration.py edgekit/build/engine_build.py
 
 test: lint typecheck
 	$(PY) -m pytest -q

@@ -11,9 +11,9 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from edgekit.demo import SHIPPED
-from edgekit.models import checkpoint
-from edgekit.train.loop import evaluate_checkpoint
+from edgekit.build.demo import SHIPPED
+from edgekit.build.models import checkpoint
+from edgekit.build.train.loop import evaluate_checkpoint
 
 
 def latency_ms(model: torch.nn.Module, x: torch.Tensor, warmup: int = 20, iters: int = 200):

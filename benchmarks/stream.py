@@ -24,13 +24,13 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from edgekit.build import BuildOptions, build_engine
-from edgekit.data.writer import write_dataset
-from edgekit.demo import CALIBRATION, SHIPPED
-from edgekit.engine import open_engine
-from edgekit.export import export
-from edgekit.preprocess import preprocess
-from edgekit.stream.runner import StreamOptions, run_stream
+from edgekit.build.demo import CALIBRATION, SHIPPED
+from edgekit.build.engine_build import BuildOptions, build_engine
+from edgekit.build.export import export
+from edgekit.runtime.data.writer import write_dataset
+from edgekit.runtime.opening import open_engine
+from edgekit.runtime.preprocess import preprocess
+from edgekit.runtime.stream.runner import StreamOptions, run_stream
 
 
 def backend_only(engine: Path, frames: int):

@@ -1,3 +1,3 @@
-from .cli import run
+from edgekit.cli import run
 
 run()

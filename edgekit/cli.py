@@ -5,8 +5,8 @@ import argparse
 import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from . import __version__
-from .errors import EdgekitError, MissingDependency
+from edgekit import __version__
+from edgekit.errors import EdgekitError, MissingDependency
 
 # import name -> (package to install, edgekit extra that brings it)
 OPTIONAL_MODULES = {
@@ -52,7 +52,7 @@ def _names(text: str) -> List[str]:
 
 # --- verbs ---------------------------------------------------------------------------------------
 def cmd_data_synth(args: argparse.Namespace) -> int:
-    from .data.writer import balance_markdown, write_dataset
+    from edgekit.runtime.data.writer import balance_markdown, write_dataset
 
     summary = write_dataset(
         args.out, seed=args.seed, counts={"train": args.train, "val": args.val, "test": args.test},
@@ -67,7 +67,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .train.loop import TrainConfig, config_from_file, train
+    from edgekit.build.train.loop import TrainConfig, config_from_file, train
 
     if args.resume:
         cfg = config_from_file(Path(args.resume) / "config.yaml")
@@ -96,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .prune import PruneOptions, markdown, parse_macs, prune
+    from edgekit.build.prune import PruneOptions, markdown, parse_macs, prune
 
     opts = PruneOptions(
         out=args.output, data=args.data, ratio=args.ratio,
@@ -116,7 +116,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .export import export
+    from edgekit.build.export import export
 
     rep = export(args.checkpoint, args.output, opset=args.opset, dynamic_batch=args.dynamic_batch,
                  simplify=not args.no_simplify, parity_images=Path(args.parity_images) if args.parity_images else None,
@@ -131,7 +131,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _card_from_flags(args: argparse.Namespace):
     """A model card for an ONNX not made by edgekit: --card YAML, or flags."""
-    from .card import ModelCard
+    from edgekit.runtime.card import ModelCard
 
     if args.card:
         return ModelCard.load(args.card)
@@ -149,7 +149,7 @@ def _card_from_flags(args: argparse.Namespace):
 
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
-    from .build import BuildOptions, build_engine
+    from edgekit.build.engine_build import BuildOptions, build_engine
 
     opts = BuildOptions(
         backend=args.backend, precision=args.precision, calib=args.calib, calib_method=args.calib_method,
@@ -188,8 +188,8 @@ def cmd_calib_set(args: argparse.Namespace) -> int:
 
     import cv2
 
-    from .artifacts import atomic_dir
-    from .calibration import select_from_video
+    from edgekit.runtime.artifacts import atomic_dir
+    from edgekit.runtime.calibration import select_from_video
 
     video = Path(args.video)
     if not video.is_file():
@@ -203,7 +203,7 @@ def cmd_calib_set(args: argparse.Namespace) -> int:
 
 
 def cmd_run_stream(args: argparse.Namespace) -> int:
-    from .stream.runner import StreamOptions, run_stream
+    from edgekit.runtime.stream.runner import StreamOptions, run_stream
 
     opts = StreamOptions(
         out=args.out, task=args.task, save_video=not args.no_video, jsonl=not args.no_jsonl, show=args.show,
@@ -213,7 +213,7 @@ def cmd_run_stream(args: argparse.Namespace) -> int:
         power=not args.no_power,
     )
     r = run_stream(args.engine, args.source, opts)
-    from .stream.report import markdown
+    from edgekit.runtime.stream.report import markdown
 
     print(markdown(r), end="")
     print(f"\nreport: {args.out}/report.json, {args.out}/report.md" +
@@ -226,9 +226,9 @@ def cmd_run_stream(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from . import profile as prof
-    from .artifacts import ensure_writable_dir
-    from .engine import open_model
+    from edgekit.runtime.artifacts import ensure_writable_dir
+    from edgekit.runtime.measure import profile as prof
+    from edgekit.runtime.opening import open_model
 
     out = ensure_writable_dir(args.out)
     opts = prof.ProfileOptions(warmup_s=args.warmup, iterations=args.iterations, duration_s=args.duration,
@@ -243,10 +243,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .artifacts import ensure_writable_dir, write_json, write_text
-    from .data import datasets
-    from .engine import open_model
-    from .evaluate import SCHEMA, evaluate, markdown
+    from edgekit.runtime.artifacts import ensure_writable_dir, write_json, write_text
+    from edgekit.runtime.data import datasets
+    from edgekit.runtime.measure.evaluate import SCHEMA, evaluate, markdown
+    from edgekit.runtime.opening import open_model
 
     out = ensure_writable_dir(args.out)
     backend, described, card = open_model(args.artifact, device=args.device, task=args.task)
@@ -265,8 +265,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .profile import ProfileOptions
-    from .sweep import SweepOptions, markdown, sweep
+    from edgekit.build.sweep import SweepOptions, markdown, sweep
+    from edgekit.runtime.measure.profile import ProfileOptions
 
     opts = SweepOptions(
         data=args.data, out=args.out, precisions=args.precisions, calib_methods=args.calib_methods,
@@ -282,7 +282,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import main as doctor
+    from edgekit.runtime.jetson.doctor import main as doctor
 
     return doctor(as_json=args.json)
 
@@ -290,14 +290,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .demo import run as run_demo
+    from edgekit.build.demo import run as run_demo
 
     run_demo(Path(args.out))
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import list_models
+    from edgekit.build.models import list_models
 
     for name, task, summary in list_models(args.task or ""):
         print(f"{name:20s} {task:13s} {summary}")

@@ -83,7 +83,7 @@ done
 # The tests build engines of the same ONNX files (they export themselves only where PyTorch is installed).
 step "GPU, TensorRT and Jetson tests" env EDGEKIT_ONNX_DIR="$work" "$py" -m pytest -q -rs -m "gpu or tensorrt or jetson" "$repo/tests/gpu"
 
-dla=$("$py" -c 'from edgekit.backends.tensorrt_backend import TensorRTBackend as T; print(T.dla_cores())' 2>/dev/null || echo 0)
+dla=$("$py" -c 'from edgekit.runtime.backends.tensorrt import TensorRTBackend as T; print(T.dla_cores())' 2>/dev/null || echo 0)
 for model in detector/edgenet-det-s segmenter/edgenet-seg-s; do
     name=${model#*/}
     onnx="$work/$name.onnx"

@@ -28,13 +28,13 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-# --- which release is this? (one parser: edgekit/tegra.py, standard library only) ---------------------
+# --- which release is this? (one parser: edgekit/runtime/jetson/tegra.py, standard library only) ---------------------
 [ -f "$release_file" ] || die "$release_file not found: this is not a Jetson (or L4T is not installed)" 3
 python=/usr/bin/python3
 [ -x "$python" ] || python=$(command -v python3) || die "python3 not found"
 release=$(PYTHONPATH="$repo" "$python" - "$release_file" <<'PY'
 import sys
-from edgekit.tegra import parse_nv_tegra_release
+from edgekit.runtime.jetson.tegra import parse_nv_tegra_release
 try:
     r = parse_nv_tegra_release(open(sys.argv[1], encoding="utf-8", errors="replace").read())
 except ValueError as e:
@@ -107,7 +107,7 @@ else
 fi
 
 # --- what works now -------------------------------------------------------------------------------------
-"$venv/bin/python" -c 'from edgekit.doctor import opencv_video_backends as v; import sys; sys.exit(not v().get("GStreamer"))' ||
+"$venv/bin/python" -c 'from edgekit.runtime.jetson.doctor import opencv_video_backends as v; import sys; sys.exit(not v().get("GStreamer"))' ||
     die "this OpenCV has no GStreamer: a pip opencv-python probably shadows JetPack's libopencv-python; pip uninstall it"
 "$venv/bin/edgekit" doctor
 say "done: activate with 'source $venv/bin/activate', then run jetson/selftest.sh"

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.data.writer import write_dataset
+from edgekit.runtime.data.writer import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from edgekit.card import ModelCard
+from edgekit.build.models import checkpoint
 from edgekit.errors import EdgekitError
-from edgekit.models import checkpoint
+from edgekit.runtime.card import ModelCard
 
 
 def make_card(task="detection", arch="edgenet-det-s", classes=("a", "b")):

@@ -100,8 +100,8 @@ def test_corrupt_image(tiny_synth, tmp_path):
 
 @pytest.fixture(scope="module")
 def det_checkpoint(tmp_path_factory):
-    from edgekit.card import ModelCard
-    from edgekit.models import checkpoint
+    from edgekit.build.models import checkpoint
+    from edgekit.runtime.card import ModelCard
 
     card = ModelCard(name="d", task="detection", arch="edgenet-det-s",
                      classes=["disc", "square", "triangle", "star"], input_size=(64, 64))

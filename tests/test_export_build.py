@@ -9,12 +9,12 @@ import onnx
 import pytest
 from conftest import assert_one_line_error, run_cli
 
-from edgekit import manifest as mf
-from edgekit.card import ModelCard
-from edgekit.engine import open_engine
-from edgekit.models import checkpoint
-from edgekit.onnx_io import CARD_KEY, embedded_card
-from edgekit.preprocess import preprocess
+from edgekit.build.models import checkpoint
+from edgekit.build.onnx_io import CARD_KEY, embedded_card
+from edgekit.runtime import manifest as mf
+from edgekit.runtime.card import ModelCard
+from edgekit.runtime.opening import open_engine
+from edgekit.runtime.preprocess import preprocess
 
 CLASSES = ["disc", "square", "triangle", "star"]
 

@@ -8,11 +8,11 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 from test_runtime_side import run_python
 
-from edgekit.build import BuildOptions, build_engine
-from edgekit.demo import SHIPPED
-from edgekit.engine import open_model
-from edgekit.export import export
-from edgekit.profile import ProfileOptions, Subject, result
+from edgekit.build.demo import SHIPPED
+from edgekit.build.engine_build import BuildOptions, build_engine
+from edgekit.build.export import export
+from edgekit.runtime.measure.profile import ProfileOptions, Subject, result
+from edgekit.runtime.opening import open_model
 
 QUICK = ["--warmup", "0", "--duration", "0"]
 
@@ -173,7 +173,7 @@ def test_doctor_says_what_runs_and_what_to_install():
 
 
 def test_stats_percentiles_are_configurable():
-    from edgekit.stats import summarize
+    from edgekit.runtime.measure.stats import summarize
 
     s = summarize(np.arange(1, 101, dtype=float), (95, 99.5))
     assert set(s) >= {"p50", "p95", "p99.5", "max", "mean", "cv"} and s["max"] == 100

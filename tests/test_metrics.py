@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edgekit.metrics import ConfusionMatrix, detection_map
+from edgekit.runtime.measure.metrics import ConfusionMatrix, detection_map
 
 GT = [{"boxes": np.array([[0, 0, 10, 10], [20, 20, 40, 40]], float), "classes": np.array([0, 1])}]
 

@@ -1,7 +1,7 @@
 import numpy as np
 
-from edgekit.card import ModelCard
-from edgekit.preprocess import preprocess, resize
+from edgekit.runtime.card import ModelCard
+from edgekit.runtime.preprocess import preprocess, resize
 
 
 def card(mode):

@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import assert_one_line_error, run_cli
 
-from edgekit.demo import SHIPPED
-from edgekit.export import export
-from edgekit.models import checkpoint
-from edgekit.sparsity import check_onnx, follows_2_4, mask_2_4
+from edgekit.build.demo import SHIPPED
+from edgekit.build.export import export
+from edgekit.build.models import checkpoint
+from edgekit.build.sparsity import check_onnx, follows_2_4, mask_2_4
 
 TINY = ["--max-train-images", "16", "--max-val-images", "8", "--batch-size", "8", "-q", "--report-duration", "0.3"]
 

@@ -1,29 +1,32 @@
-"""The runtime side (DESIGN.md section 2) must import and work where torch is not installed."""
+"""The runtime side (DESIGN.md section 2) must import and work where torch and onnx are not installed.
+Its modules are found from the folder edgekit/runtime, not from a list."""
 
 import subprocess
 import sys
 
 from conftest import ROOT
+from test_architecture import modules
 
-RUNTIME_MODULES = [
-    "edgekit", "edgekit.cli", "edgekit.card", "edgekit.errors", "edgekit.artifacts", "edgekit.preprocess",
-    "edgekit.metrics", "edgekit.data.synth", "edgekit.data.writer", "edgekit.data.datasets",
-    "edgekit.tasks.detection", "edgekit.tasks.segmentation", "edgekit.tasks.agreement", "edgekit.manifest",
-    "edgekit.engine", "edgekit.calibration", "edgekit.onnx_io", "edgekit.evaluate", "edgekit.backends",
-    "edgekit.backends.onnxruntime_backend", "edgekit.backends.tensorrt_backend", "edgekit.backends.cuda_mem",
-    "edgekit.stream.sources", "edgekit.stream.pipeline", "edgekit.stream.runner", "edgekit.stream.report",
-    "edgekit.stats", "edgekit.profile", "edgekit.power", "edgekit.tegra", "edgekit.doctor",
-]
+RUNTIME_MODULES = sorted(m for m in modules() if m.startswith("edgekit.runtime")) + ["edgekit", "edgekit.cli"]
 
-BLOCK_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+BLOCK = ("import sys\nfor m in ('torch', 'torchvision', 'onnx', 'onnxslim', 'torch_pruning'):\n"
+         "    sys.modules[m] = None\n")
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCK_TORCH + code], cwd=ROOT, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-c", BLOCK + code], cwd=ROOT, capture_output=True, text=True)
 
 
-def test_runtime_modules_import_without_torch():
-    r = run_python("\n".join(f"import {m}" for m in RUNTIME_MODULES))
+def test_the_blocking_works():
+    """Without this, the tests below could pass on a machine that merely lacks nothing."""
+    r = run_python("import torch")
+    assert r.returncode == 1 and ("ModuleNotFoundError" in r.stderr or "ImportError" in r.stderr)
+
+
+def test_runtime_modules_import_without_torch_or_onnx():
+    assert len(RUNTIME_MODULES) > 20
+    r = run_python("\n".join(f"import {m}" for m in RUNTIME_MODULES) +
+                   "\nassert not [m for m in sys.modules if m.startswith('edgekit.build')], 'build side loaded'")
     assert r.returncode == 0, r.stderr
 
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from edgekit.data.writer import write_dataset
-from edgekit.demo import SHIPPED
-from edgekit.train.loop import evaluate_checkpoint
+from edgekit.build.demo import SHIPPED
+from edgekit.build.train.loop import evaluate_checkpoint
+from edgekit.runtime.data.writer import write_dataset
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ import cv2
 import pytest
 from conftest import ROOT, assert_one_line_error, run_cli
 
-from edgekit.build import BuildOptions, build_engine
-from edgekit.demo import SHIPPED
-from edgekit.export import export
-from edgekit.stream.runner import StreamOptions, run_stream
+from edgekit.build.demo import SHIPPED
+from edgekit.build.engine_build import BuildOptions, build_engine
+from edgekit.build.export import export
+from edgekit.runtime.stream.runner import StreamOptions, run_stream
 
 REPORT_KEYS = {"schema", "source", "frames", "stop_reason", "error", "wall_seconds", "throughput_fps",
                "end_to_end_ms", "stages_ms", "queue_wait_ms", "device_ms", "engine", "accuracy", "outputs",

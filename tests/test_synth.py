@@ -3,9 +3,9 @@ import json
 import cv2
 import numpy as np
 
-from edgekit.data import datasets
-from edgekit.data.synth import CLASSES, VideoScene, render_image
-from edgekit.data.writer import write_dataset
+from edgekit.runtime.data import datasets
+from edgekit.runtime.data.synth import CLASSES, VideoScene, render_image
+from edgekit.runtime.data.writer import write_dataset
 
 
 def test_same_seed_same_image_other_seed_other_image():

@@ -9,8 +9,8 @@ from typing import List
 
 import pytest
 
-from edgekit import tegra
-from edgekit.tegra import TegraSample, TegrastatsSampler, input_power_mw, parse_line, summarize
+from edgekit.runtime.jetson import tegra
+from edgekit.runtime.jetson.tegra import TegraSample, TegrastatsSampler, input_power_mw, parse_line, summarize
 
 DATA = Path(__file__).parent / "data" / "jetson"
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 from conftest import run_cli
 
-from edgekit.data import datasets
-from edgekit.models import checkpoint
-from edgekit.train.logs import diagnose
-from edgekit.train.loop import Batches, TrainConfig, _loss, make_card
+from edgekit.build.models import checkpoint
+from edgekit.build.train.logs import diagnose
+from edgekit.build.train.loop import Batches, TrainConfig, _loss, make_card
+from edgekit.runtime.data import datasets
 
 
 @pytest.mark.parametrize("task", ["detection", "segmentation"])

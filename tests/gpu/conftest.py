@@ -6,8 +6,8 @@ import pytest
 
 
 def _cuda_binding():
-    from edgekit.backends.cuda_mem import open_cuda
     from edgekit.errors import EdgekitError
+    from edgekit.runtime.backends.cuda_mem import open_cuda
 
     try:
         return open_cuda()
@@ -18,7 +18,7 @@ def _cuda_binding():
 @pytest.fixture(scope="session", params=["cuda-python", "pycuda"])
 def cuda(request):
     """Each CUDA binding that is installed (the TensorRT backend works with either)."""
-    from edgekit.backends.cuda_mem import CudaPython, PyCuda
+    from edgekit.runtime.backends.cuda_mem import CudaPython, PyCuda
 
     cls = {"cuda-python": CudaPython, "pycuda": PyCuda}[request.param]
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit import tegra
+from edgekit.runtime.jetson import tegra
 
 pytestmark = pytest.mark.jetson
 ROOT = Path(__file__).resolve().parents[2]

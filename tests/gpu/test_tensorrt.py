@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit import manifest as mf
-from edgekit.build import BuildOptions, build_engine
-from edgekit.card import ModelCard
-from edgekit.demo import CALIBRATION, SHIPPED
-from edgekit.engine import open_engine
+from edgekit.build.demo import CALIBRATION, SHIPPED
+from edgekit.build.engine_build import BuildOptions, build_engine
 from edgekit.errors import EdgekitError
-from edgekit.preprocess import preprocess
+from edgekit.runtime import manifest as mf
+from edgekit.runtime.card import ModelCard
+from edgekit.runtime.opening import open_engine
+from edgekit.runtime.preprocess import preprocess
 
 pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
 
@@ -25,7 +25,7 @@ def _export(checkpoint_path: Path, onnx_path: Path) -> Path:
     if given.is_file():
         return given
     pytest.importorskip("torch", reason="exporting needs PyTorch (or EDGEKIT_ONNX_DIR with exported ONNX files)")
-    from edgekit.export import export
+    from edgekit.build.export import export
 
     export(checkpoint_path, onnx_path)
     return onnx_path
@@ -48,9 +48,9 @@ def seg_onnx(tmp_path_factory):
 def test_shipped_engines_agree_with_onnxruntime_cpu(trt, det_onnx, seg_onnx, tmp_path, task, precision, floor):
     """The real models on real calibration images: the TensorRT engine against ONNX Runtime on the CPU running
     the same graph (FP32 ONNX; for INT8 the Q/DQ file TensorRT built from), compared as a user would."""
-    from edgekit.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from edgekit.calibration import load
-    from edgekit.tasks.agreement import task_agreement
+    from edgekit.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from edgekit.runtime.calibration import load
+    from edgekit.runtime.tasks.agreement import task_agreement
 
     onnx_path = det_onnx if task == "detection" else seg_onnx
     engine = tmp_path / f"{task}.{precision}.plan"
@@ -103,8 +103,8 @@ def test_int8_engine_from_qdq(trt, det_onnx, tiny_calib, tmp_path):
 def test_implicit_calibrator_writes_and_reuses_a_cache(trt, det_onnx, tiny_calib, tmp_path):
     if getattr(trt, "IInt8EntropyCalibrator2", None) is None:
         pytest.skip("this TensorRT has no implicit calibrator (11.x)")
-    from edgekit.backends.tensorrt_backend import build_serialized
-    from edgekit.calibration import load
+    from edgekit.runtime.backends.tensorrt import build_serialized
+    from edgekit.runtime.calibration import load
 
     card = open_engine_card(det_onnx)
     tensors = [preprocess(f, card)[0] for f in load(tiny_calib, 8).frames]
@@ -144,7 +144,7 @@ def test_dla_engine_where_present(trt, det_onnx, tiny_calib, tmp_path):
 def tiny_calib(tmp_path_factory):
     import cv2
 
-    from edgekit.data.synth import render_image
+    from edgekit.runtime.data.synth import render_image
 
     folder = tmp_path_factory.mktemp("calib")
     for i in range(16):
@@ -153,7 +153,7 @@ def tiny_calib(tmp_path_factory):
 
 
 def open_engine_card(onnx_path: Path) -> ModelCard:
-    from edgekit.onnx_io import embedded_card, load_model
+    from edgekit.build.onnx_io import embedded_card, load_model
 
     card = embedded_card(load_model(onnx_path), str(onnx_path))
     assert card is not None

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from edgekit.demo import SHIPPED
-from edgekit.profile import ProfileOptions, Subject, profile
+from edgekit.build.demo import SHIPPED
+from edgekit.runtime.measure.profile import ProfileOptions, Subject, profile
 
 pytestmark = pytest.mark.gpu
 
@@ -19,8 +19,8 @@ def cuda_torch():
 
 @pytest.mark.parametrize("task", ["detection", "segmentation"])
 def test_cuda_outputs_match_cpu(cuda_torch, task):
-    from edgekit.backends.torch_backend import TorchBackend
-    from edgekit.profile import example_input
+    from edgekit.build.torch_backend import TorchBackend
+    from edgekit.runtime.measure.profile import example_input
 
     with TorchBackend(SHIPPED[task], "cpu") as cpu, TorchBackend(SHIPPED[task], "cuda") as gpu:
         x = example_input(cpu.card, 2)
@@ -28,7 +28,7 @@ def test_cuda_outputs_match_cpu(cuda_torch, task):
 
 
 def test_profile_on_cuda_separates_copies_and_compute(cuda_torch):
-    from edgekit.backends.torch_backend import TorchBackend
+    from edgekit.build.torch_backend import TorchBackend
 
     with TorchBackend(SHIPPED["detection"], "cuda") as b:
         r = profile(Subject("det", b, b.card, {"backend": {"name": "torch", "device": "cuda"}}),

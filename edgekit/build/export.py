@@ -1,0 +1,159 @@
+"""`edgekit export`: checkpoint -> ONNX (opset 17 by default), simplified, card embedded, parity-checked."""
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from edgekit.build import onnx_io
+from edgekit.errors import EdgekitError
+from edgekit.runtime.artifacts import atomic_path
+from edgekit.runtime.card import ModelCard
+from edgekit.runtime.preprocess import preprocess
+
+
+@dataclass
+class Parity:
+    """Largest disagreement of one output between two runtimes over the parity inputs."""
+
+    output: str
+    max_abs: float
+    max_rel: float  # max_abs relative to the largest reference magnitude of that output
+    ok: bool
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    opset: int
+    seconds: float
+    nodes_before: int
+    nodes_after: int
+    parity: List[Parity] = field(default_factory=list)
+    parity_inputs: str = ""
+
+
+def parity_frames(card: ModelCard, images: Optional[Path], count: int = 8) -> List[np.ndarray]:
+    """Real frames for parity checks: images from a folder, else synthetic scenes rendered here."""
+    from edgekit.runtime.data.datasets import IMAGE_EXTS, read_image
+
+    if images is not None:
+        files = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in IMAGE_EXTS)[:count]
+        if not files:
+            raise EdgekitError(f"{images}: no images for the parity check")
+        return [read_image(p) for p in files]
+    from edgekit.runtime.data.synth import render_image
+
+    return [render_image(12345, i).image for i in range(count)]
+
+
+def parity_inputs(card: ModelCard, frames: List[np.ndarray], seed: int = 0) -> List[np.ndarray]:
+    """Two random frames and the real ones, each through the card's preprocessing."""
+    rng = np.random.default_rng(seed)
+    h, w = card.input_size
+    randoms = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(2)]
+    return [preprocess(f, card)[0] for f in randoms + frames]
+
+
+def compare(reference: Dict[str, List[np.ndarray]], other: Dict[str, List[np.ndarray]], atol: float,
+            rtol: float) -> List[Parity]:
+    out = []
+    for name, refs in reference.items():
+        worst_abs, scale, ok = 0.0, 1e-12, True
+        for r, o in zip(refs, other[name]):
+            diff = np.abs(r.astype(np.float64) - o.astype(np.float64))
+            worst_abs = max(worst_abs, float(diff.max()))
+            scale = max(scale, float(np.abs(r).max()))
+            ok = ok and bool(np.all(diff <= atol + rtol * np.abs(r)))
+        out.append(Parity(name, worst_abs, worst_abs / scale, ok))
+    return out
+
+
+def run_onnxruntime(path: Path, inputs: List[np.ndarray]) -> Dict[str, List[np.ndarray]]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    in_name = sess.get_inputs()[0].name
+    names = [o.name for o in sess.get_outputs()]
+    results: Dict[str, List[np.ndarray]] = {n: [] for n in names}
+    for x in inputs:
+        for n, y in zip(names, sess.run(names, {in_name: x})):
+            results[n].append(y)
+    return results
+
+
+def export(
+    checkpoint_path: "str | Path",
+    out: "str | Path",
+    opset: int = 17,
+    dynamic_batch: int = 0,
+    simplify: bool = True,
+    parity_images: Optional[Path] = None,
+    atol: float = 1e-3,
+    rtol: float = 1e-3,
+) -> ExportReport:
+    import onnx
+    import torch
+
+    from edgekit.build.models import checkpoint
+
+    t0 = time.perf_counter()
+    model, card = checkpoint.load(checkpoint_path)
+    if not 13 <= opset <= 21:
+        raise EdgekitError(f"--opset {opset}: edgekit exports opsets 13 to 21 (TensorRT 8.5 parses up to 17)")
+    if dynamic_batch < 0 or dynamic_batch == 1:
+        raise EdgekitError("--dynamic-batch takes the largest batch, 2 or more")
+    h, w = card.input_size
+    example = torch.zeros(1, 3, h, w)
+    out = Path(out)
+    frames = parity_frames(card, parity_images)
+    inputs = parity_inputs(card, frames)
+    with atomic_path(out) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice (see below)
+            # The TorchScript-based exporter writes opset 17 directly and needs no onnxscript; edgekit's
+            # architectures are plain static graphs, which it handles fully.
+            torch.onnx.export(
+                model, (example,), str(tmp), opset_version=opset, dynamo=False,
+                input_names=[card.input_name], output_names=[card.output_name], do_constant_folding=True,
+                dynamic_axes={card.input_name: {0: "batch"}, card.output_name: {0: "batch"}} if dynamic_batch else None,
+            )
+        proto = onnx.load(str(tmp))
+        nodes_before = len(proto.graph.node)
+        if simplify:
+            import onnxslim
+
+            proto = onnxslim.slim(proto)
+        onnx_io.set_card(proto, card)
+        meta = proto.metadata_props.add()
+        meta.key, meta.value = "edgekit.max_batch", str(dynamic_batch or 1)
+        proto.producer_name = "edgekit"
+        onnx.checker.check_model(proto)
+        if card.extra.get("sparsity"):
+            from edgekit.build.sparsity import check_onnx
+
+            check = check_onnx(proto)
+            if check["dense"]:  # BatchNorm folding scales whole output channels, so zeros must survive
+                raise EdgekitError(f"{out}: the card promises 2:4 sparsity but {len(check['dense'])} of "
+                                   f"{check['eligible']} eligible conv weights break it (first: {check['dense'][0]}); "
+                                   "not written")
+        onnx.save(proto, str(tmp))
+        # Parity: the ONNX on ONNX Runtime against the checkpoint on PyTorch, same inputs.
+        batch = inputs if not dynamic_batch else inputs + [np.concatenate(inputs[:2])]
+        with torch.no_grad():
+            ref = {card.output_name: [model(torch.from_numpy(x)).numpy() for x in batch]}
+        got = run_onnxruntime(tmp, batch)
+        parity = compare(ref, got, atol, rtol)
+        bad = [p for p in parity if not p.ok]
+        if bad:
+            p = bad[0]
+            raise EdgekitError(
+                f"{out}: ONNX Runtime output '{p.output}' differs from PyTorch by up to {p.max_abs:.3g} "
+                f"(tolerance {atol:g} + {rtol:g}*|x|); not written"
+            )
+    source = str(parity_images) if parity_images else "synthetic scenes"
+    return ExportReport(out, opset, time.perf_counter() - t0, nodes_before, len(proto.graph.node), parity,
+                        f"2 random + {len(frames)} real frames ({source})")

@@ -1,0 +1,82 @@
+"""ONNX files: reading and writing the model card in metadata_props, loading with one-line errors."""
+
+from pathlib import Path
+from typing import Any, Optional
+
+from edgekit.errors import EdgekitError
+from edgekit.runtime.card import CARD_KEY, ModelCard
+
+
+def load_model(path: "str | Path") -> Any:
+    """onnx.ModelProto of a file, checked; a missing, truncated or non-ONNX file is a one-line error."""
+    import onnx
+
+    p = Path(path)
+    if not p.is_file():
+        raise EdgekitError(f"{p}: file not found")
+    if p.stat().st_size == 0:
+        raise EdgekitError(f"{p}: empty file, not an ONNX model")
+    try:
+        model = onnx.load(str(p))
+    except Exception as e:  # protobuf raises DecodeError and friends for truncated or foreign files
+        raise EdgekitError(f"{p}: not an ONNX model or truncated ({type(e).__name__})") from None
+    if not model.graph.node:
+        raise EdgekitError(f"{p}: not an ONNX model or truncated (no graph nodes)")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise EdgekitError(f"{p}: ONNX checker failed: {str(e).splitlines()[0]}") from None
+    return model
+
+
+def embedded_card(model: Any, source: str) -> Optional[ModelCard]:
+    for prop in model.metadata_props:
+        if prop.key == CARD_KEY:
+            return ModelCard.from_json(prop.value, f"{source} (metadata {CARD_KEY})")
+    return None
+
+
+def set_card(model: Any, card: ModelCard) -> None:
+    for prop in list(model.metadata_props):
+        if prop.key == CARD_KEY:
+            model.metadata_props.remove(prop)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = CARD_KEY, card.to_json()
+
+
+def io_names(model: Any):
+    init = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in init]
+    return inputs, list(model.graph.output)
+
+
+def static_shape(value_info: Any) -> list:
+    """[dims] of a graph input/output; symbolic dims come back as their name (str)."""
+    dims = []
+    for d in value_info.type.tensor_type.shape.dim:
+        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
+    return dims
+
+
+def check_against_card(model: Any, card: ModelCard, source: str) -> None:
+    """The graph's single input and output must have the rank and layout the card describes."""
+    inputs, outputs = io_names(model)
+    if len(inputs) != 1:
+        raise EdgekitError(f"{source}: expected one image input, the graph has {len(inputs)}")
+    shape = static_shape(inputs[0])
+    h, w = card.input_size
+    if len(shape) != 4 or shape[1] != 3 or shape[2:] != [h, w]:
+        raise EdgekitError(
+            f"{source}: input '{inputs[0].name}' has shape {shape}, the card says NCHW [N, 3, {h}, {w}]"
+        )
+    if card.task == "detection":
+        out = static_shape(outputs[0])
+        if len(out) != 3 or (isinstance(out[1], int) and out[1] != 4 + card.num_classes):
+            raise EdgekitError(
+                f"{source}: output '{outputs[0].name}' has shape {out}; a YOLOv8-layout detector with "
+                f"{card.num_classes} classes has [N, {4 + card.num_classes}, anchors]"
+            )
+    else:
+        out = static_shape(outputs[0])
+        if len(out) not in (3, 4):
+            raise EdgekitError(f"{source}: output '{outputs[0].name}' has shape {out}; expected [N, C, H, W] logits")

@@ -1,0 +1,341 @@
+"""The training loop behind `edgekit train`: both tasks, resumable, early-stopped on the val metric."""
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from edgekit import __version__
+from edgekit.build import sparsity
+from edgekit.build.models import checkpoint, model_task
+from edgekit.build.train.augment import augment
+from edgekit.build.train.logs import EpochLog, diagnose, plot_curves
+from edgekit.build.train.loss import detection_loss, segmentation_loss
+from edgekit.errors import EdgekitError
+from edgekit.runtime.artifacts import ensure_writable_dir, write_json, write_text
+from edgekit.runtime.card import ModelCard, _yaml
+from edgekit.runtime.data import datasets
+from edgekit.runtime.measure.evaluate import Accumulator, primary_metric
+from edgekit.runtime.preprocess import resize, to_tensor
+
+# Normalization of the shipped models (ImageNet statistics, as most pretrained backbones expect).
+DEFAULT_MEAN = (0.485, 0.456, 0.406)
+DEFAULT_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class TrainConfig:
+    task: str
+    data: str
+    out: str
+    arch: str = ""
+    format: str = "auto"
+    imgsz: Tuple[int, int] = (256, 256)
+    resize: str = ""  # letterbox | stretch; default letterbox for detection, stretch for segmentation
+    epochs: int = 30
+    batch_size: int = 16
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    patience: int = 8
+    seed: int = 0
+    init: str = ""
+    init_backbone: str = ""  # a checkpoint of any task whose backbone fits (e.g. detector -> segmenter)
+    freeze: str = ""  # "" or "backbone"
+    name: str = ""
+    device: str = "auto"
+    max_train_images: int = 0  # 0 = all
+    max_val_images: int = 0
+    progress: bool = True
+
+    def resolved(self) -> "TrainConfig":
+        c = dataclasses.replace(self)
+        if c.task not in ("detection", "segmentation"):
+            raise EdgekitError(f"--task must be detection or segmentation, not '{c.task}'")
+        c.arch = c.arch or ("edgenet-det-s" if c.task == "detection" else "edgenet-seg-s")
+        if model_task(c.arch) != c.task:
+            raise EdgekitError(f"--arch {c.arch} is a {model_task(c.arch)} model, not {c.task}")
+        c.resize = c.resize or ("letterbox" if c.task == "detection" else "stretch")
+        c.imgsz = (int(c.imgsz[0]), int(c.imgsz[1]))
+        if c.imgsz[0] % 32 or c.imgsz[1] % 32 or min(c.imgsz) < 32:
+            raise EdgekitError(f"--imgsz must be multiples of 32, got {c.imgsz[0]}x{c.imgsz[1]}")
+        if c.optimizer not in ("adamw", "sgd"):
+            raise EdgekitError(f"--optimizer must be adamw or sgd, not '{c.optimizer}'")
+        if c.init and c.init_backbone:
+            raise EdgekitError("--init and --init-backbone exclude each other")
+        if c.freeze not in ("", "backbone"):
+            raise EdgekitError(f"--freeze takes 'backbone', not '{c.freeze}'")
+        if c.epochs < 1 or c.batch_size < 1 or not c.lr > 0:
+            raise EdgekitError("--epochs, --batch-size and --lr must be positive")
+        c.name = c.name or Path(c.out).name
+        if c.device == "auto":
+            c.device = "cuda" if torch.cuda.is_available() else "cpu"
+        return c
+
+
+class Batches:
+    """Shuffled, augmented batches of one split, preprocessed through the card's function."""
+
+    def __init__(self, ds: datasets.Dataset, card: ModelCard, limit: int = 0) -> None:
+        self.ds, self.card = ds, card
+        n = len(ds) if not limit else min(limit, len(ds))
+        # Decode everything once up front: a corrupt image fails before any output is written.
+        self.items = [datasets.load_sample(ds, i) for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def iterate(self, batch_size: int, rng: Optional[np.random.Generator]):
+        """Yields (images [B,3,H,W], targets, transforms, indices); augmented and shuffled when rng is given."""
+        order = rng.permutation(len(self.items)) if rng is not None else np.arange(len(self.items))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            tensors, targets, transforms = [], [], []
+            for i in idx:
+                img, boxes, classes, mask = self.items[i]
+                if rng is not None:
+                    img, boxes, classes, mask = augment(rng, img, boxes, classes, mask, self.card.pad_value)
+                resized, tf = resize(img, self.card)
+                tensors.append(to_tensor(resized, self.card))
+                transforms.append(tf)
+                if self.card.task == "detection":
+                    targets.append((torch.from_numpy(tf.boxes_to_input(boxes)), torch.from_numpy(classes)))
+                else:
+                    m, _ = resize(mask, self.card, interpolation=0, pad_value=datasets.IGNORE_INDEX)
+                    targets.append(torch.from_numpy(m.astype(np.int64)))
+            yield torch.from_numpy(np.concatenate(tensors)), targets, transforms, idx
+
+
+def make_card(cfg: TrainConfig, classes: List[str]) -> ModelCard:
+    return ModelCard(
+        name=cfg.name,
+        task=cfg.task,
+        arch=cfg.arch,
+        classes=list(classes),
+        input_size=cfg.imgsz,
+        mean=DEFAULT_MEAN,
+        std=DEFAULT_STD,
+        resize_mode=cfg.resize,
+        score_threshold=0.25,
+        iou_threshold=0.5,
+        max_detections=100,
+        extra={"edgekit_version": __version__},
+    )
+
+
+def _loss(model, images, targets, task, device):
+    if task == "detection":
+        return detection_loss(model, images, [(b.to(device), c.to(device)) for b, c in targets])
+    return segmentation_loss(model, images, torch.stack(targets).to(device))
+
+
+@torch.no_grad()
+def evaluate(model, batches: Batches, card: ModelCard, device: str, batch_size: int = 16) -> Dict[str, Any]:
+    """Validation loss and task metric of a torch model, post-processed as at run time."""
+    model.eval()
+    losses = []
+    acc = Accumulator(card)
+    for images, targets, transforms, idx in batches.iterate(batch_size, None):
+        images = images.to(device)
+        loss, _ = _loss(model, images, targets, card.task, device)
+        losses.append(float(loss) * len(idx))
+        out = model(images).float().cpu().numpy()
+        for o, tf, i in zip(out, transforms, idx):
+            _img, boxes, classes, mask = batches.items[i]
+            acc.add(o, tf, boxes, classes, mask)
+    result: Dict[str, Any] = {"loss": sum(losses) / max(1, len(batches))}
+    result.update(acc.result())
+    result.pop("images")
+    return result
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Dict[str, Any]:
+    """Train per `cfg` into cfg.out; returns the final report (also written as report.json)."""
+    cfg = cfg.resolved()
+    run_dir = Path(cfg.out)
+    state_path = run_dir / "last.pt"
+    if resume and not state_path.is_file():
+        raise EdgekitError(f"{state_path}: nothing to resume (no last.pt in the run folder)")
+    if not resume and (run_dir / "best.safetensors").exists():
+        raise EdgekitError(f"{run_dir}: holds a finished run; choose another --out or --resume it")
+    torch.manual_seed(cfg.seed)
+
+    train_ds = datasets.load(cfg.task, cfg.data, "train", cfg.format)
+    val_ds = datasets.load(cfg.task, cfg.data, "val", cfg.format)
+    datasets.check_classes(val_ds, train_ds.classes, "train split")
+    card = make_card(cfg, train_ds.classes)
+    if cfg.init:
+        init_model, init_card = checkpoint.load(cfg.init, task=cfg.task)
+        if init_card.arch != cfg.arch:
+            raise EdgekitError(f"--init {cfg.init}: architecture '{init_card.arch}' differs from --arch {cfg.arch}")
+        del init_model
+        for key in ("pruning", "sparsity"):  # fine-tuning a pruned or sparse model keeps it so
+            if key in init_card.extra:
+                card.extra[key] = init_card.extra[key]
+    model = checkpoint.build(card)
+    if cfg.init:
+        checkpoint.load_weights_into(model, cfg.init, cfg.arch)
+    if cfg.init_backbone:
+        checkpoint.resolve(cfg.init_backbone)
+        checkpoint.load_weights_into(model, cfg.init_backbone, cfg.arch, prefix="backbone.")
+    train_b = Batches(train_ds, card, cfg.max_train_images)
+    val_b = Batches(val_ds, card, cfg.max_val_images)
+
+    ensure_writable_dir(run_dir)
+    if not resume:
+        write_text(run_dir / "config.yaml", _yaml().safe_dump(_config_dict(cfg), sort_keys=False))
+    device = cfg.device
+    model.to(device)
+    if cfg.freeze == "backbone":
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    masks = sparsity.torch_masks(model) if card.extra.get("sparsity") else {}  # 2:4 zeros stay zero
+    if cfg.optimizer == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    steps_per_epoch = math.ceil(len(train_b) / cfg.batch_size)
+    total, warm = cfg.epochs * steps_per_epoch, max(1, int(cfg.warmup_epochs * steps_per_epoch))
+
+    def lr_lambda(step: int) -> float:  # linear warm-up, then cosine decay to 1% of the peak
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    metric = primary_metric(cfg.task)
+    start_epoch, best, best_epoch, train_seconds = 1, -1.0, 0, 0.0
+    if resume:
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, best, best_epoch = int(state["epoch"]) + 1, float(state["best"]), int(state["best_epoch"])
+        train_seconds = float(state.get("train_seconds", 0.0))
+    log = EpochLog(run_dir, resume)
+    rng = np.random.default_rng([cfg.seed, start_epoch])
+    stopped_early = False
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            if cfg.freeze == "backbone":
+                model.backbone.eval()  # frozen BatchNorm statistics too
+            running, seen = 0.0, 0
+            bar = _bar(steps_per_epoch, f"epoch {epoch}/{cfg.epochs}", cfg.progress)
+            for images, targets, _tf, idx in train_b.iterate(cfg.batch_size, rng):
+                loss, parts = _loss(model, images.to(device), targets, cfg.task, device)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 10.0)
+                opt.step()
+                sched.step()
+                if masks:
+                    sparsity.apply_masks(model, masks)
+                running += float(loss.detach()) * len(idx)
+                seen += len(idx)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{running / seen:.3f}", **{k: f"{v:.3f}" for k, v in parts.items()})
+                    bar.update(1)
+            if bar is not None:
+                bar.close()
+            train_seconds += time.perf_counter() - t0
+            val = evaluate(model, val_b, card, device, cfg.batch_size)
+            row = {"epoch": epoch, "train_loss": running / max(1, seen), "val_loss": val["loss"],
+                   f"val_{metric}": val[metric], "lr": opt.param_groups[0]["lr"]}
+            if cfg.task == "detection":
+                row["val_mAP50"] = val["mAP50"]
+            log.add(row)
+            improved = val[metric] > best
+            if improved:
+                best, best_epoch = val[metric], epoch
+                card.extra["metrics"] = {"split": "val", "epoch": epoch, **_rounded(val)}
+                checkpoint.save(model, card, run_dir / "best")
+            _say(f"epoch {epoch}: train loss {row['train_loss']:.4f}  val loss {val['loss']:.4f}  "
+                 f"val {metric} {val[metric]:.4f}{'  (best)' if improved else ''}")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "epoch": epoch, "best": best, "best_epoch": best_epoch, "train_seconds": train_seconds},
+                       state_path)
+            if epoch - best_epoch >= cfg.patience:
+                stopped_early = True
+                _say(f"early stop: val {metric} has not improved for {cfg.patience} epochs")
+                break
+    finally:
+        log.close()
+    plot_curves(log.rows, metric, run_dir / "loss_curve.png")
+    warnings = diagnose(log.rows, metric)
+    for w in warnings:
+        _say("warning: " + w)
+    report = {
+        "task": cfg.task, "arch": cfg.arch, "best_epoch": best_epoch, f"best_val_{metric}": best,
+        "epochs_run": int(log.rows[-1]["epoch"]) if log.rows else 0, "stopped_early": stopped_early,
+        "train_seconds": round(train_seconds, 1), "warnings": warnings,
+        "checkpoint": str(run_dir / "best.safetensors"),
+    }
+    write_json(run_dir / "report.json", report)
+    return report
+
+
+def _rounded(d: Dict[str, Any]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        if k == "loss":
+            continue
+        out[k] = round(v, 4) if isinstance(v, float) else v
+    return out
+
+
+def _config_dict(cfg: TrainConfig) -> Dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    d["imgsz"] = list(cfg.imgsz)
+    d.pop("progress")
+    return d
+
+
+def config_from_file(path: Path) -> TrainConfig:
+    if not path.is_file():
+        raise EdgekitError(f"{path.parent}: nothing to resume (no config.yaml in the run folder)")
+    d = _yaml().safe_load(path.read_text())
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(d) - names
+    if unknown:
+        raise EdgekitError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
+    d["imgsz"] = tuple(d["imgsz"])
+    return TrainConfig(**d)
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, leave=False)
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def evaluate_checkpoint(
+    path: "str | Path", data: "str | Path", split: str = "test", fmt: str = "auto"
+) -> Dict[str, Any]:
+    """Accuracy of a checkpoint on a dataset split, through the runtime preprocessing and post-processing."""
+    model, card = checkpoint.load(path)
+    ds = datasets.load(card.task, data, split, fmt)
+    datasets.check_classes(ds, card.classes, "model")
+    result = evaluate(model, Batches(ds, card), card, "cpu")
+    result.pop("loss")
+    result["images"] = len(ds)
+    return result
+

@@ -1,0 +1,211 @@
+"""The model card: what every stage needs to know about a model, written once and carried along.
+
+It travels as YAML beside a checkpoint, as JSON in ONNX metadata_props and in an engine's manifest
+(DESIGN.md section 1). This module is runtime-side: it needs no torch; YAML is imported only when a
+YAML file is read or written.
+"""
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from edgekit.errors import EdgekitError, MissingDependency
+
+TASKS = ("detection", "segmentation")
+RESIZE_MODES = ("letterbox", "stretch")
+CARD_KEY = "edgekit.card"  # the card as JSON in an ONNX file's metadata_props
+OUTPUT_LAYOUTS = {"detection": ("yolov8",), "segmentation": ("logits",)}
+
+# key -> (required, subkeys or None). Subkeys are checked the same way (all required unless listed
+# in _OPTIONAL_SUBKEYS).
+_SCHEMA: Dict[str, Optional[Tuple[str, ...]]] = {
+    "name": None,
+    "task": None,
+    "arch": None,
+    "arch_args": None,
+    "classes": None,
+    "input": ("name", "shape", "layout", "color"),
+    "normalize": ("mean", "std"),
+    "resize": ("mode", "pad_value"),
+    "output": ("name", "layout"),
+    "postprocess": ("score_threshold", "iou_threshold", "max_detections"),
+}
+_OPTIONAL_KEYS = ("description", "metrics", "training", "edgekit_version", "pruning", "sparsity")
+_OPTIONAL_SUBKEYS = {"postprocess": ("score_threshold", "iou_threshold", "max_detections")}
+
+
+@dataclass
+class ModelCard:
+    name: str
+    task: str
+    arch: str
+    classes: List[str]
+    input_size: Tuple[int, int]  # (height, width) of the network input
+    arch_args: Dict[str, Any] = field(default_factory=dict)
+    input_name: str = "images"
+    color: str = "RGB"
+    mean: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: Tuple[float, float, float] = (1.0, 1.0, 1.0)
+    resize_mode: str = "letterbox"
+    pad_value: int = 114
+    output_name: str = "output0"
+    output_layout: str = ""
+    score_threshold: float = 0.25
+    iou_threshold: float = 0.5
+    max_detections: int = 100
+    extra: Dict[str, Any] = field(default_factory=dict)  # description, metrics, training, pruning, sparsity, ...
+
+    def __post_init__(self) -> None:
+        if not self.output_layout:
+            self.output_layout = OUTPUT_LAYOUTS.get(self.task, ("",))[0]
+        self.validate()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def validate(self, source: str = "model card") -> None:
+        def bad(msg: str) -> EdgekitError:
+            return EdgekitError(f"{source}: {msg}")
+
+        if self.task not in TASKS:
+            raise bad(f"task must be one of {', '.join(TASKS)}, not '{self.task}'")
+        if not self.classes or not all(isinstance(c, str) and c for c in self.classes):
+            raise bad("classes must be a non-empty list of names")
+        if len(set(self.classes)) != len(self.classes):
+            raise bad("class names must be unique")
+        h, w = self.input_size
+        if h <= 0 or w <= 0:
+            raise bad(f"input shape must be positive, got {h}x{w}")
+        if self.color not in ("RGB", "BGR"):
+            raise bad(f"input.color must be RGB or BGR, not '{self.color}'")
+        if self.resize_mode not in RESIZE_MODES:
+            raise bad(f"resize.mode must be one of {', '.join(RESIZE_MODES)}, not '{self.resize_mode}'")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise bad("normalize.mean and normalize.std need 3 values each, std > 0")
+        if self.output_layout not in OUTPUT_LAYOUTS[self.task]:
+            raise bad(f"output.layout '{self.output_layout}' does not fit task '{self.task}'")
+        if not 0 <= self.score_threshold <= 1 or not 0 <= self.iou_threshold <= 1:
+            raise bad("postprocess thresholds must lie in [0, 1]")
+
+    # --- serialization -------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        h, w = self.input_size
+        d: Dict[str, Any] = {
+            "name": self.name,
+            "task": self.task,
+            "arch": self.arch,
+            "arch_args": dict(self.arch_args),
+            "classes": list(self.classes),
+            "input": {"name": self.input_name, "shape": [1, 3, h, w], "layout": "NCHW", "color": self.color},
+            "normalize": {"mean": [float(m) for m in self.mean], "std": [float(s) for s in self.std]},
+            "resize": {"mode": self.resize_mode, "pad_value": int(self.pad_value)},
+            "output": {"name": self.output_name, "layout": self.output_layout},
+            "postprocess": {
+                "score_threshold": float(self.score_threshold),
+                "iou_threshold": float(self.iou_threshold),
+                "max_detections": int(self.max_detections),
+            },
+        }
+        d.update(copy.deepcopy(self.extra))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "model card") -> "ModelCard":
+        if not isinstance(d, Mapping):
+            raise EdgekitError(f"{source}: expected a mapping of card keys, got {type(d).__name__}")
+        unknown = sorted(set(d) - set(_SCHEMA) - set(_OPTIONAL_KEYS))
+        if unknown:
+            raise EdgekitError(f"{source}: unknown key(s) {', '.join(unknown)}")
+        missing = sorted(set(_SCHEMA) - set(d))
+        if missing:
+            raise EdgekitError(f"{source}: missing key(s) {', '.join(missing)}")
+        for key, subkeys in _SCHEMA.items():
+            if subkeys is None:
+                continue
+            sub = d[key]
+            if not isinstance(sub, Mapping):
+                raise EdgekitError(f"{source}: '{key}' must be a mapping with keys {', '.join(subkeys)}")
+            unknown = sorted(set(sub) - set(subkeys))
+            if unknown:
+                raise EdgekitError(f"{source}: unknown key(s) {', '.join(key + '.' + u for u in unknown)}")
+            required = set(subkeys) - set(_OPTIONAL_SUBKEYS.get(key, ()))
+            missing = sorted(required - set(sub))
+            if missing:
+                raise EdgekitError(f"{source}: missing key(s) {', '.join(key + '.' + m for m in missing)}")
+        try:
+            shape = [int(v) for v in d["input"]["shape"]]
+            if len(shape) != 4 or shape[1] != 3 or d["input"]["layout"] != "NCHW":
+                raise EdgekitError(
+                    f"{source}: input must be NCHW with 3 channels, got layout {d['input']['layout']} "
+                    f"shape {shape}"
+                )
+            post = d["postprocess"]
+            return cls(
+                name=str(d["name"]),
+                task=str(d["task"]),
+                arch=str(d["arch"]),
+                arch_args=dict(d["arch_args"] or {}),
+                classes=[str(c) for c in d["classes"]],
+                input_size=(shape[2], shape[3]),
+                input_name=str(d["input"]["name"]),
+                color=str(d["input"]["color"]),
+                mean=tuple(float(v) for v in d["normalize"]["mean"]),  # type: ignore[arg-type]
+                std=tuple(float(v) for v in d["normalize"]["std"]),  # type: ignore[arg-type]
+                resize_mode=str(d["resize"]["mode"]),
+                pad_value=int(d["resize"]["pad_value"]),
+                output_name=str(d["output"]["name"]),
+                output_layout=str(d["output"]["layout"]),
+                score_threshold=float(post.get("score_threshold", 0.25)),
+                iou_threshold=float(post.get("iou_threshold", 0.5)),
+                max_detections=int(post.get("max_detections", 100)),
+                extra={k: copy.deepcopy(d[k]) for k in _OPTIONAL_KEYS if k in d},
+            )
+        except EdgekitError as e:
+            if str(e).startswith(source):
+                raise
+            raise EdgekitError(f"{source}: {e}") from None
+        except (TypeError, ValueError, KeyError) as e:
+            raise EdgekitError(f"{source}: malformed value ({e})") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "model card") -> "ModelCard":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise EdgekitError(f"{source}: not valid JSON ({e.msg})") from None
+        return cls.from_dict(d, source)
+
+    def to_yaml(self) -> str:
+        yaml = _yaml()
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    @classmethod
+    def load(cls, path: "str | Path") -> "ModelCard":
+        p = Path(path)
+        if not p.is_file():
+            raise EdgekitError(f"{p}: model card not found")
+        yaml = _yaml()
+        try:
+            d = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise EdgekitError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        return cls.from_dict(d, str(p))
+
+    def save(self, path: "str | Path") -> Path:
+        from edgekit.runtime.artifacts import write_text
+
+        return write_text(path, self.to_yaml())
+
+
+def _yaml() -> Any:
+    try:
+        import yaml
+    except ImportError:
+        raise MissingDependency("pyyaml", "build") from None
+    return yaml

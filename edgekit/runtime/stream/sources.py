@@ -1,0 +1,265 @@
+"""Video sources addressed by URI-like strings: a file, an image folder, a camera index or /dev/videoN,
+csi://N, rtsp://..., synthetic://. Each yields (frame, capture time) and says whether it is live.
+
+Live sources (cameras, RTSP, synthetic in real time) run at their own pace: when the pipeline is
+behind, the oldest waiting frame is dropped and counted. File sources are read as fast as the
+pipeline takes them, and no frame is ever dropped.
+"""
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+from urllib.parse import parse_qs, urlparse
+
+import cv2
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from edgekit.runtime.data.datasets import IMAGE_EXTS
+
+# OpenCV and its FFmpeg print warnings of their own for every failed open or damaged packet; edgekit
+# reports those as one line. EDGEKIT_VIDEO_LOG=1 brings them back for debugging.
+if not os.environ.get("EDGEKIT_VIDEO_LOG"):
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+    if hasattr(cv2, "setLogLevel"):
+        cv2.setLogLevel(0)
+
+
+@dataclass
+class Captured:
+    frame: np.ndarray
+    t_capture: int  # time.monotonic_ns() when the frame was taken from the source
+    truth: Optional[Dict[str, Any]] = None  # ground truth, for synthetic sources
+    t_work: Optional[int] = None  # when producing this frame began, after any wait for its turn
+
+
+@dataclass
+class SourceInfo:
+    uri: str
+    kind: str
+    live: bool
+    fps: float
+    width: int = 0
+    height: int = 0
+    notes: List[str] = field(default_factory=list)
+
+
+class Source:
+    info: SourceInfo
+    reconnects = 0
+    has_truth = False  # frames carry ground truth (synthetic sources, videos from `edgekit data synth`)
+
+    def frames(self) -> Iterator[Captured]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+_IMAGE_MAGIC = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"), (b"GIF8", "GIF"))
+
+
+class VideoFileSource(Source):
+    def __init__(self, path: Path, loop: bool = False) -> None:
+        if not path.is_file():
+            raise EdgekitError(f"{path}: video file not found")
+        if path.stat().st_size == 0:
+            raise EdgekitError(f"{path}: empty file, not a video")
+        with open(path, "rb") as f:
+            head = f.read(8)
+        for magic, kind in _IMAGE_MAGIC:
+            if head.startswith(magic):
+                raise EdgekitError(f"{path}: this is a {kind} image, not a video (pass its folder to read images)")
+        self.path, self.loop = path, loop
+        cap = self._open()
+        ok, first = cap.read()
+        if not ok:
+            cap.release()
+            raise EdgekitError(f"{path}: no frame could be decoded (corrupt, truncated or not a video)")
+        self.info = SourceInfo(str(path), "file", False, cap.get(cv2.CAP_PROP_FPS) or 0.0,
+                               first.shape[1], first.shape[0])
+        cap.release()
+        # Ground truth beside a video written by `edgekit data synth`: NAME.gt.jsonl (+ NAME.masks.npz).
+        self.gt_path = path.with_name(path.stem + ".gt.jsonl")
+        self.masks_path = path.with_name(path.stem + ".masks.npz")
+        self.has_truth = self.gt_path.is_file()
+
+    def _truth(self) -> Iterator[Optional[Dict[str, Any]]]:
+        if not self.has_truth:
+            while True:
+                yield None
+        import json
+
+        masks = np.load(self.masks_path)["masks"] if self.masks_path.is_file() else None
+        with open(self.gt_path) as f:
+            for i, line in enumerate(f):
+                row = json.loads(line)
+                if masks is not None and i < len(masks):
+                    row["mask"] = masks[i]
+                yield row
+        while True:
+            yield None
+
+    def _open(self) -> Any:
+        cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+        if not cap.isOpened():
+            raise EdgekitError(f"{self.path}: cannot open video (unsupported format, corrupt, or not a video)")
+        return cap
+
+    def frames(self) -> Iterator[Captured]:
+        while True:
+            cap = self._open()
+            truth = self._truth()
+            try:
+                while True:
+                    t_work = time.monotonic_ns()
+                    ok, frame = cap.read()
+                    if not ok:
+                        break
+                    yield Captured(frame, time.monotonic_ns(), next(truth), t_work)
+            finally:
+                cap.release()
+            if not self.loop:
+                return
+
+
+class ImageFolderSource(Source):
+    def __init__(self, path: Path, loop: bool = False) -> None:
+        self.files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        if not self.files:
+            raise EdgekitError(f"{path}: folder holds no images ({', '.join(IMAGE_EXTS)})")
+        self.loop = loop
+        self.info = SourceInfo(str(path), "images", False, 0.0)
+
+    def frames(self) -> Iterator[Captured]:
+        while True:
+            for f in self.files:
+                img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+                if img is None:
+                    raise EdgekitError(f"{f}: cannot decode image")
+                yield Captured(img, time.monotonic_ns())
+            if not self.loop:
+                return
+
+
+class SyntheticSource(Source):
+    """synthetic://?size=640x480&fps=30&objects=5&seed=0&speed=0.01 — moving shapes with ground truth,
+    delivered in real time at `fps` (a live source)."""
+
+    def __init__(self, uri: str) -> None:
+        q = {k: v[-1] for k, v in parse_qs(urlparse(uri).query).items()}
+        try:
+            w, h = (int(v) for v in q.get("size", "640x480").lower().split("x"))
+            self.fps = float(q.get("fps", 30))
+            objects, seed, speed = int(q.get("objects", 5)), int(q.get("seed", 0)), float(q.get("speed", 0.01))
+        except ValueError:
+            msg = "bad synthetic source parameters (size=WxH, fps, objects, seed, speed)"
+            raise EdgekitError(f"{uri}: {msg}") from None
+        from edgekit.runtime.data.synth import VideoScene
+
+        self.scene = VideoScene(seed, (w, h), objects=objects, speed=speed)
+        self.info = SourceInfo(uri, "synthetic", True, self.fps, w, h)
+        self.has_truth = True
+
+    def frames(self) -> Iterator[Captured]:
+        period = 1e9 / self.fps if self.fps > 0 else 0
+        next_t = time.monotonic_ns()
+        while True:
+            if period:  # a camera's frame period: wait for the frame's turn, then "expose" it
+                wait = next_t - time.monotonic_ns()
+                if wait > 0:
+                    time.sleep(wait / 1e9)
+                next_t += period
+            t_work = time.monotonic_ns()
+            f = self.scene.next()
+            truth = {"boxes": f.boxes.tolist(), "classes": f.classes.tolist(), "mask": f.mask}
+            yield Captured(f.image, time.monotonic_ns(), truth, t_work)
+
+
+class CaptureSource(Source):
+    """Cameras (index, /dev/videoN), CSI cameras through GStreamer, and RTSP through FFmpeg. Reconnects
+    with back-off when a network stream stops delivering."""
+
+    def __init__(self, uri: str, kind: str, target: Any, backend: int, live: bool = True,
+                 timeout_s: float = 5.0, reconnect: int = 0, rtsp_transport: str = "tcp",
+                 rtsp_latency_ms: int = 200) -> None:
+        self.uri, self.kind, self.target, self.backend = uri, kind, target, backend
+        self.timeout_s, self.reconnect = timeout_s, reconnect
+        self.rtsp_transport, self.rtsp_latency_ms = rtsp_transport, rtsp_latency_ms
+        cap = self._open(first=True)
+        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        self.info = SourceInfo(uri, kind, live, cap.get(cv2.CAP_PROP_FPS) or 0.0, w, h)
+        self.cap: Any = cap
+
+    def _open(self, first: bool = False) -> Any:
+        if self.kind == "rtsp":
+            # FFmpeg options for OpenCV's capture: transport and a read timeout (microseconds).
+            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = (
+                f"rtsp_transport;{self.rtsp_transport}|timeout;{int(self.timeout_s * 1e6)}"
+                f"|max_delay;{int(self.rtsp_latency_ms * 1000)}")
+        cap = cv2.VideoCapture(self.target, self.backend)
+        if not cap.isOpened():
+            cap.release()
+            what = {"rtsp": "RTSP stream refused or unreachable", "camera": "camera absent or busy",
+                    "csi": "CSI camera unavailable (needs OpenCV with GStreamer and nvarguscamerasrc)"}[self.kind]
+            raise EdgekitError(f"{self.uri}: cannot open ({what})")
+        if self.kind == "rtsp":
+            cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.timeout_s * 1000)
+        return cap
+
+    def frames(self) -> Iterator[Captured]:
+        attempt = 0
+        while True:
+            ok, frame = self.cap.read()
+            if ok:
+                attempt = 0
+                yield Captured(frame, time.monotonic_ns())
+                continue
+            self.cap.release()
+            if attempt >= self.reconnect:
+                return  # stream ended or stopped delivering: the runner reports what was processed
+            attempt += 1
+            time.sleep(min(8.0, 0.5 * 2 ** (attempt - 1)))  # back-off: 0.5, 1, 2, 4, 8 s
+            try:
+                self.cap = self._open()
+                self.reconnects += 1
+            except EdgekitError:
+                self.cap = cv2.VideoCapture()  # read() fails at once: the next attempt comes
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+def gstreamer_available() -> bool:
+    info = cv2.getBuildInformation()
+    return any("GStreamer" in ln and "YES" in ln for ln in info.splitlines())
+
+
+def open_source(uri: str, loop: bool = False, timeout_s: float = 5.0, reconnect: int = 3,
+                rtsp_transport: str = "tcp", rtsp_latency_ms: int = 200) -> Source:
+    """The source a URI names (DESIGN.md section 5)."""
+    if uri.startswith("synthetic://"):
+        return SyntheticSource(uri)
+    if uri.startswith(("rtsp://", "rtsps://")):
+        return CaptureSource(uri, "rtsp", uri, cv2.CAP_FFMPEG, timeout_s=timeout_s, reconnect=reconnect,
+                             rtsp_transport=rtsp_transport, rtsp_latency_ms=rtsp_latency_ms)
+    if uri.startswith("csi://"):
+        if not gstreamer_available():
+            raise EdgekitError(f"{uri}: this OpenCV has no GStreamer support (use JetPack's OpenCV on a Jetson)")
+        n = uri[len("csi://"):] or "0"
+        pipeline = (f"nvarguscamerasrc sensor-id={int(n)} ! video/x-raw(memory:NVMM) ! nvvidconv ! "
+                    "video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=1 max-buffers=1")
+        return CaptureSource(uri, "csi", pipeline, cv2.CAP_GSTREAMER)
+    if uri.isdigit() or uri.startswith("/dev/video"):
+        target: Any = int(uri) if uri.isdigit() else uri
+        return CaptureSource(uri, "camera", target, cv2.CAP_V4L2 if hasattr(cv2, "CAP_V4L2") else cv2.CAP_ANY)
+    p = Path(uri)
+    if p.is_dir():
+        return ImageFolderSource(p, loop)
+    if not p.exists():
+        raise EdgekitError(f"{uri}: source not found (a video file, image folder, camera index, /dev/videoN, "
+                           "csi://N, rtsp://... or synthetic://)")
+    return VideoFileSource(p, loop)
