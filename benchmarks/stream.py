@@ -34,7 +34,8 @@ from edgekit.runtime.stream.runner import StreamOptions, run_stream
 
 
 def backend_only(engine: Path, frames: int):
-    backend, _, card = open_engine(engine)
+    opened = open_engine(engine)
+    backend, card = opened.backend, opened.card
     cap = cv2.VideoCapture(str(VIDEO))
     ok, img = cap.read()
     x, _ = preprocess(img, card)

@@ -7,6 +7,10 @@ import pytest
 from edgekit.runtime.data.writer import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
+# Appended to code run in a fresh interpreter (torch installed, not blocked): fails if torch, onnx or the build
+# side got imported, optional imports included.
+ASSERT_NO_BUILD_SIDE = ("loaded = [m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx') "
+                        "or m.startswith('edgekit.build')]\nassert not loaded, loaded\n")
 
 
 @pytest.fixture(scope="session")

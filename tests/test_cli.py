@@ -6,17 +6,51 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 
 from edgekit import __version__
-from edgekit.cli import build_parser
 
 
-def test_help_lists_every_verb_with_a_description():
+def verb_names():
+    """The verbs as `edgekit --help` lists them, read from its output."""
     r = run_cli("--help")
     assert r.returncode == 0
-    verbs = build_parser()._subparsers._group_actions[0]._choices_actions
-    assert verbs
-    text = " ".join(r.stdout.split())  # argparse wraps long lines
-    for action in verbs:
-        assert action.dest in r.stdout and action.help and " ".join(action.help.split()) in text
+    listing = r.stdout.split("VERB\n", 1)[1].split("\noptions:", 1)[0]
+    return [line.split()[0] for line in listing.splitlines() if line.startswith("    ") and line[4] != " "]
+
+
+def test_help_lists_every_verb_and_each_has_its_own_help():
+    verbs = verb_names()
+    assert {"run-stream", "build-engine", "profile", "eval", "train", "prune", "export", "layouts"} <= set(verbs)
+    for verb in verbs:
+        r = run_cli(verb, "--help")
+        assert r.returncode == 0 and r.stdout.startswith(f"usage: edgekit {verb}"), (verb, r.stderr)
+        assert "--debug" in r.stdout  # the global flags work after the verb too
+
+
+def test_every_output_taking_verb_accepts_o_and_out(tmp_path):
+    """One spelling everywhere: -o/--out (the older --output still works where it existed)."""
+    for verb in ("prune", "export", "build-engine", "calib-set", "run-stream", "profile", "eval", "sweep",
+                 "demo", "train"):
+        r = run_cli(verb, "--help")
+        assert "-o OUT, --out OUT" in r.stdout, verb
+    for flag in ("-o", "--out", "--output"):
+        r = run_cli("calib-set", str(tmp_path / "none.mp4"), flag, str(tmp_path / "c"))
+        assert_one_line_error(r, "none.mp4: video not found")
+
+
+def test_debug_after_the_verb_shows_the_traceback(tmp_path):
+    r = run_cli(*train_args(tmp_path / "nope", tmp_path / "run"), "--debug")
+    assert r.returncode != 0 and "Traceback" in r.stderr and "dataset folder not found" in r.stderr
+
+
+def test_layouts_lists_what_the_registry_holds():
+    from edgekit.runtime import registry
+
+    r = run_cli("layouts")
+    assert r.returncode == 0, r.stderr
+    for task in registry.task_names():
+        assert f"{task}: " in r.stdout
+        for layout in registry.layouts(task):
+            assert f"  {layout.name} " in r.stdout
+    assert "yolov8" in r.stdout and "logits" in r.stdout
 
 
 def test_version():

@@ -83,16 +83,17 @@ def test_fp32_engine_matches_the_onnx(det_onnx, tmp_path):
     r = run_cli("build-engine", str(det_onnx), "-o", str(engine), "--backend", "onnxruntime")
     assert r.returncode == 0, r.stderr
     assert "detection_f1 1.0000" in r.stdout
-    backend, manifest, card = open_engine(engine)
-    assert manifest["precision"] == "fp32" and manifest["backend"]["providers"] == ["CPUExecutionProvider"]
-    assert manifest["onnx"]["sha256"] == mf.file_sha256(det_onnx)
-    assert manifest["io"]["inputs"][0] == {"name": "images", "shape": [1, 3, 64, 96], "dtype": "float32"}
+    opened = open_engine(engine)
+    manifest = opened.manifest
+    assert manifest.precision == "fp32" and manifest.backend.providers == ["CPUExecutionProvider"]
+    assert manifest.onnx.sha256 == mf.file_sha256(det_onnx)
+    assert manifest.io.inputs[0] == mf.TensorDescription("images", [1, 3, 64, 96], "float32")
     import onnxruntime as ort
 
-    x, _ = preprocess(np.full((120, 160, 3), 90, np.uint8), card)
+    x, _ = preprocess(np.full((120, 160, 3), 90, np.uint8), opened.card)
     ref = ort.InferenceSession(str(det_onnx), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
-    np.testing.assert_array_equal(backend.infer([x])[0], ref)
-    assert backend.last_timing.host_ms > 0
+    np.testing.assert_array_equal(opened.infer(x)["output0"], ref)
+    assert opened.backend.last_timing.host_ms > 0
 
 
 def is_symmetric_int8(model):
@@ -117,8 +118,7 @@ def test_int8_writes_the_cpu_engine_and_the_tensorrt_qdq_file(det_onnx, calib_di
     assert manifest["int8"]["method"] == "percentile" and manifest["int8"]["calibration"]["images"] == 8
     assert "/Softplus" in manifest["int8"]["kept_fp32"]  # box decoding stays in float
     assert embedded_card(u8s8, "x").name == "det"
-    backend, _, card = open_engine(engine)
-    y = backend.infer([np.zeros((1, 3, 64, 96), np.float32)])[0]
+    y = open_engine(engine).infer(np.zeros((1, 3, 64, 96), np.float32))["output0"]
     assert y.shape == (1, 8, 96)
 
 
@@ -162,7 +162,7 @@ def test_foreign_onnx_with_card_flags(det_onnx, tmp_path):
     r = run_cli("build-engine", str(foreign), "-o", str(tmp_path / "f.onnx"), "--backend", "onnxruntime",
                 "--task", "detection", "--classes", ",".join(CLASSES), "--input-size", "96x64", "--name", "yolo")
     assert r.returncode == 0, r.stderr
-    _, manifest, card = open_engine(tmp_path / "f.onnx")
+    card = open_engine(tmp_path / "f.onnx").card
     assert card.arch == "external" and card.classes == CLASSES and card.input_size == (64, 96)
     assert any(p.key == CARD_KEY for p in onnx.load(str(tmp_path / "f.onnx")).metadata_props)
 
@@ -268,6 +268,37 @@ def test_manifest_missing_other_version_or_engine_changed(det_onnx, tmp_path):
     engine.write_bytes(engine.read_bytes() + b"\0")
     with pytest.raises(EdgekitError, match="the engine file changed since it was built"):
         open_engine(engine)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["engine"].update(bytes="many"), "field 'engine.bytes' must be an integer, got 'many'"),
+    (lambda m: m["backend"].update(colour="blue"), "unknown field(s) backend.colour"),
+    (lambda m: m.pop("precision"), "missing field precision"),
+    (lambda m: m["io"]["inputs"][0].update(shape=None), "field 'io.inputs[0].shape' must be a list, got None"),
+    (lambda m: m["card"].update(task="pose"), "task must be one of detection, segmentation, not 'pose'"),
+    (lambda m: m["int8"] or m.update(int8=[]), "field 'int8' must be a mapping, got []"),
+])
+def test_an_edited_manifest_is_one_line_naming_the_field(det_onnx, tmp_path, edit, message):
+    engine = tmp_path / "e.onnx"
+    assert run_cli("build-engine", str(det_onnx), "-o", str(engine), "--backend", "onnxruntime").returncode == 0
+    data = json.loads(mf.path_for(engine).read_text())
+    edit(data)
+    mf.path_for(engine).write_text(json.dumps(data))
+    r = run_cli("run-stream", str(engine), "synthetic://?size=96x64&fps=0", "--max-frames", "2", "-o",
+                str(tmp_path / "s"))
+    assert_one_line_error(r, "e.onnx.manifest.json", message)
+    assert not (tmp_path / "s" / "results.jsonl").exists()
+
+
+def test_manifest_round_trip_keeps_the_file(det_onnx, tmp_path):
+    """Reading a manifest into typed records and writing it back gives the same JSON, field order too."""
+    engine = tmp_path / "e.onnx"
+    assert run_cli("build-engine", str(det_onnx), "-o", str(engine), "--backend", "onnxruntime").returncode == 0
+    text = mf.path_for(engine).read_text()
+    again = tmp_path / "again.json"
+    mf.write(mf.read(engine), again)
+    assert json.loads(again.read_text()) == json.loads(text)
+    assert list(json.loads(again.read_text())) == list(json.loads(text))
 
 
 def test_calib_set_picks_frames_from_a_video(tiny_synth, tmp_path):

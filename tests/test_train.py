@@ -7,7 +7,8 @@ from conftest import run_cli
 
 from edgekit.build.models import checkpoint
 from edgekit.build.train.logs import diagnose
-from edgekit.build.train.loop import Batches, TrainConfig, _loss, make_card
+from edgekit.build.train.loop import Batches, TrainConfig, make_card
+from edgekit.build.train.objectives import objective
 from edgekit.runtime.data import datasets
 
 
@@ -23,7 +24,7 @@ def test_a_few_steps_lower_the_loss(tiny_synth, task):
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(25):
-        loss, _ = _loss(model, images, targets, task, "cpu")
+        loss, _ = objective(task).loss(model, images, targets, "cpu")
         opt.zero_grad()
         loss.backward()
         opt.step()

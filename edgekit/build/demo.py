@@ -54,9 +54,8 @@ def run(out: Path, seed: int = 1) -> List[Dict]:
         built = build_engine(onnx_path, engine_path, BuildOptions(backend="auto", precision="int8",
                                                                   calib=str(CALIBRATION), calib_size=32))
         print(f"[4/5] {name}: accuracy of checkpoint and engine on {data / 'images' / 'test'}")
-        backend, _, card = open_engine(engine_path)
-        with backend:
-            engine_acc = evaluate(lambda x, b=backend: b.infer([x])[0], card, datasets.load(task, data, "test"))
+        with open_engine(engine_path) as opened:
+            engine_acc = evaluate(opened.infer, opened.card, datasets.load(task, data, "test"))
         print(f"[5/5] {name}: run-stream on {video}")
         stream_dir = out / f"stream-{name}"
         rep = run_stream(engine_path, str(video), StreamOptions(out=str(stream_dir), progress=False))

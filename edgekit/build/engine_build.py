@@ -1,7 +1,6 @@
 """`edgekit build-engine`: ONNX -> an engine for TensorRT or ONNX Runtime, FP32 / FP16 / INT8, with a
 manifest, written atomically; INT8 calibrated on real images through the card's preprocessing."""
 
-import json
 import shutil
 import tempfile
 import time
@@ -14,12 +13,17 @@ import numpy as np
 from edgekit import __version__
 from edgekit.build import onnx_io
 from edgekit.errors import EdgekitError
-from edgekit.runtime import calibration
+from edgekit.runtime import calibration, registry
 from edgekit.runtime import manifest as mf
 from edgekit.runtime.artifacts import ensure_writable_dir
+from edgekit.runtime.backends import backend_class, engine_builders
 from edgekit.runtime.backends import resolve as resolve_backend
+from edgekit.runtime.backends.base import ONNXRUNTIME_U8S8, TENSORRT_QDQ, Backend, BuildRequest, TensorSpec
+from edgekit.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edgekit.runtime.card import ModelCard
-from edgekit.runtime.preprocess import preprocess
+from edgekit.runtime.layouts.base import DecodeParams
+from edgekit.runtime.manifest import BackendRecord
+from edgekit.runtime.preprocess import Transform, preprocess
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")
 
@@ -52,23 +56,32 @@ class BuildReport:
     kept_fp32: List[str]
     agreement: Dict[str, Any]
     extra_files: Dict[str, str]
+    agreement_key: str  # the task's agreement measure in `agreement`
     up_to_date: bool = False
     sparsity: Optional[Dict[str, Any]] = None  # with --sparsity: how many conv weights follow the 2:4 pattern
+
+
+def _backends_with(feature: str) -> List[str]:
+    return [n for n in engine_builders() if getattr(backend_class(n).capabilities, feature)]
 
 
 def unsupported(backend: str, precision: str, dla_core: Optional[int] = None, sparsity: bool = False,
                 timing_cache: Optional[str] = None) -> Optional[str]:
     """Why `backend` cannot build this variant, or None where it can (sweep skips with this reason)."""
-    if backend == "onnxruntime":
-        if precision == "fp16":
-            return ("--precision fp16 is not offered on the onnxruntime backend: its CPU provider has no fast FP16 "
-                    "kernels and would run FP16 slower than FP32; use fp32 or int8, or the tensorrt backend")
-        if dla_core is not None:
-            return "--dla-core needs the tensorrt backend on a Jetson with DLA"
-        if sparsity:
-            return "--sparsity is a TensorRT feature (sparse tensor cores); use --backend tensorrt"
-        if timing_cache:
-            return "--timing-cache is a TensorRT feature; use --backend tensorrt"
+    caps = backend_class(backend).capabilities
+    if precision not in caps.precisions:
+        others = [n for n in engine_builders() if precision in backend_class(n).capabilities.precisions]
+        note = caps.precision_notes.get(precision)
+        return (f"--precision {precision} is not offered on the {backend} backend" + (f": {note}" if note else "") +
+                f"; use {' or '.join(caps.precisions)}" + (f", or the {' or '.join(others)} backend" if others else ""))
+    if dla_core is not None and not caps.dla:
+        return f"--dla-core needs the {' or '.join(_backends_with('dla'))} backend on a Jetson with DLA"
+    if sparsity and not caps.sparsity:
+        return (f"--sparsity is a {' or '.join(backend_class(n).label for n in _backends_with('sparsity'))} feature "
+                f"(sparse tensor cores); use --backend {' or '.join(_backends_with('sparsity'))}")
+    if timing_cache and not caps.timing_cache:
+        return (f"--timing-cache is a {' or '.join(backend_class(n).label for n in _backends_with('timing_cache'))} "
+                f"feature; use --backend {' or '.join(_backends_with('timing_cache'))}")
     if dla_core is not None and precision == "fp32":
         return "DLA runs FP16 or INT8 only: pass --precision fp16 or int8 with --dla-core"
     return None
@@ -77,11 +90,9 @@ def unsupported(backend: str, precision: str, dla_core: Optional[int] = None, sp
 def resolve_precision(backend: str, precision: str, opts: BuildOptions) -> str:
     if precision not in PRECISIONS:
         raise EdgekitError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
-    if precision == "best":
-        if backend == "tensorrt":
-            precision = "int8" if opts.calib else "fp16"
-        else:
-            precision = "int8" if opts.calib else "fp32"
+    if precision == "best":  # the fastest the backend offers: INT8 given calibration images, else FP16 or FP32
+        offered = backend_class(backend).capabilities.precisions
+        precision = "int8" if opts.calib and "int8" in offered else ("fp16" if "fp16" in offered else "fp32")
     if precision == "int8" and not opts.calib:
         raise EdgekitError("INT8 needs calibration images: pass --calib IMAGE_FOLDER_OR_VIDEO")
     why = unsupported(backend, precision, opts.dla_core, opts.sparsity, opts.timing_cache)
@@ -90,14 +101,14 @@ def resolve_precision(backend: str, precision: str, opts: BuildOptions) -> str:
     return precision
 
 
-def fingerprint(onnx_sha: str, calib_sha: Optional[str], card: ModelCard, backend: str, backend_env: Dict[str, Any],
+def fingerprint(onnx_sha: str, calib_sha: Optional[str], card: ModelCard, backend_env: BackendRecord,
                 precision: str, opts: BuildOptions) -> Dict[str, Any]:
     """Everything an engine depends on; --if-stale rebuilds when any of it changed."""
     return {
         "onnx_sha256": onnx_sha,
         "calibration_sha256": calib_sha,
         "preprocess_sha256": mf.preprocess_sha256(card),
-        "backend": backend_env,
+        "backend": backend_env.to_dict(),
         "precision": precision,
         "flags": {"calib_method": opts.calib_method if precision == "int8" else None,
                   "calib_size": opts.calib_size if precision == "int8" else None,
@@ -112,7 +123,7 @@ def _is_up_to_date(out: Path, fp: Dict[str, Any]) -> bool:
         old = mf.read(out)
     except EdgekitError:
         return False
-    return old.get("fingerprint") == fp and old["engine"]["sha256"] == mf.file_sha256(out)
+    return old.fingerprint == fp and old.engine.sha256 == mf.file_sha256(out)
 
 
 def _card_for(model: Any, source: Path, given: Optional[ModelCard]) -> ModelCard:
@@ -124,26 +135,27 @@ def _card_for(model: Any, source: Path, given: Optional[ModelCard]) -> ModelCard
     return card
 
 
+SIDE_FILE_SUFFIX = {TENSORRT_QDQ: "trt-qdq", ONNXRUNTIME_U8S8: "u8s8"}  # ENGINE.<suffix>.onnx
+
+
 def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions) -> BuildReport:
     t0 = time.perf_counter()
     onnx_path, out = Path(onnx_path), Path(out)
     model = onnx_io.load_model(onnx_path)
     card = _card_for(model, onnx_path, opts.card)
     backend = resolve_backend(opts.backend)
+    cls = backend_class(backend)
     precision = resolve_precision(backend, opts.precision, opts)
     ensure_writable_dir(out.parent)
     calib = calibration.load(opts.calib, opts.calib_size) if precision == "int8" and opts.calib else None
 
-    from edgekit.runtime.opening import backend_environment
-
-    backend_env = backend_environment(backend)
-    fp = fingerprint(mf.file_sha256(onnx_path), calib.sha256 if calib else None, card, backend, backend_env,
-                     precision, opts)
+    backend_env = cls.environment()
+    fp = fingerprint(mf.file_sha256(onnx_path), calib.sha256 if calib else None, card, backend_env, precision, opts)
     if opts.if_stale and _is_up_to_date(out, fp):
         m = mf.read(out)
         return BuildReport(out, mf.path_for(out), backend, precision, 0.0, out.stat().st_size,
-                           (m.get("int8") or {}).get("kept_fp32", []), m.get("agreement", {}),
-                           m.get("files", {}), up_to_date=True)
+                           m.int8.kept_fp32 if m.int8 else [], m.agreement, dict(m.files),
+                           registry.task(card.task).agreement_key, up_to_date=True)
 
     from edgekit.build.sparsity import check_onnx
 
@@ -163,75 +175,75 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
         if precision == "int8":
             from edgekit.build.quantize import quantize
 
-            trt_qdq = work / "trt-qdq.onnx"
-            cpu_u8s8 = work / "cpu-u8s8.onnx" if backend == "onnxruntime" else None
-            kept = quantize(fp32, card.input_name, tensors, trt_qdq, cpu_u8s8, opts.calib_method, opts.keep_fp32)
-            files["tensorrt_qdq_onnx"] = trt_qdq
-            if cpu_u8s8 is not None:
-                files["onnxruntime_u8s8_onnx"] = cpu_u8s8
-        if backend == "onnxruntime":
-            engine_tmp = files.get("onnxruntime_u8s8_onnx", fp32)
-            backend_section = {**backend_env, "providers": ["CPUExecutionProvider"],
-                               "session_options": {"graph_optimization_level": "ORT_ENABLE_ALL"}}
-        else:
-            from edgekit.runtime.backends.tensorrt import build_serialized
-
-            engine_tmp = work / "engine.plan"
-            backend_section = build_serialized(
-                fp32, files.get("tensorrt_qdq_onnx"), engine_tmp, precision=precision, card=card,
-                calib_tensors=tensors if precision == "int8" else None,
-                calib_cache=out.with_name(out.name + ".calib.cache") if precision == "int8" else None,
-                dla_core=opts.dla_core, workspace_mb=opts.workspace_mb, timing_cache=opts.timing_cache,
-                sparsity=opts.sparsity, max_batch=opts.max_batch,
-            )
+            files[TENSORRT_QDQ] = work / "trt-qdq.onnx"
+            if cls.capabilities.int8_file == ONNXRUNTIME_U8S8:
+                files[ONNXRUNTIME_U8S8] = work / "cpu-u8s8.onnx"
+            kept = quantize(fp32, card.input_name, tensors, files[TENSORRT_QDQ], files.get(ONNXRUNTIME_U8S8),
+                            opts.calib_method, opts.keep_fp32)
+        built = cls.build(BuildRequest(
+            fp32, files, work, precision, card.input_size,
+            calib_tensors=tensors if precision == "int8" else None,
+            calib_cache=out.with_name(out.name + ".calib.cache") if precision == "int8" else None,
+            dla_core=opts.dla_core, workspace_mb=opts.workspace_mb, timing_cache=opts.timing_cache,
+            sparsity=opts.sparsity, max_batch=opts.max_batch, to_fp16_onnx=_to_fp16_onnx,
+        ))
         reference = reference_outputs(fp32, tensors)
-        agreement = measure_agreement(card, reference, engine_tmp, backend, backend_section, tensors)
-        if "tensorrt_qdq_onnx" in files and backend == "onnxruntime":
+        with cls.load(built.engine, built.record) as engine:
+            agreement = measure_agreement(card, reference, engine, tensors)
+        if precision == "int8" and cls.capabilities.int8_file != TENSORRT_QDQ:
             # What the Jetson engine will do, predicted on this CPU: the symmetric Q/DQ file on ONNX Runtime.
-            agreement["tensorrt_qdq_predicted"] = measure_agreement(card, reference, files["tensorrt_qdq_onnx"],
-                                                                    "onnxruntime", {}, tensors)
+            with OnnxRuntimeBackend(files[TENSORRT_QDQ]) as qdq:
+                agreement["tensorrt_qdq_predicted"] = measure_agreement(card, reference, qdq, tensors)
         seconds = time.perf_counter() - t0
         # Final names: the engine at OUT; side files beside it, named after it.
-        final_files = {k: out.with_name(f"{out.name}.{'trt-qdq' if k == 'tensorrt_qdq_onnx' else 'u8s8'}.onnx")
-                       for k in files if files[k] != engine_tmp}
-        manifest = {
-            "schema": mf.SCHEMA,
-            "edgekit_version": __version__,
-            "engine": {"file": out.name, "sha256": mf.file_sha256(engine_tmp), "bytes": engine_tmp.stat().st_size},
-            "backend": backend_section,
-            "environment": mf.host_environment(),
-            "precision": precision,
-            "onnx": {"file": str(onnx_path), "sha256": fp["onnx_sha256"]},
-            "preprocess_sha256": fp["preprocess_sha256"],
-            "io": _io_description(engine_tmp if backend == "onnxruntime" else fp32),
-            "int8": None if precision != "int8" else {
-                "method": opts.calib_method, "quantizer": "onnxruntime.quantization (QDQ, per-channel weights)",
-                "calibration": {"source": calib.source if calib else "", "images": len(tensors),
-                                "sha256": fp["calibration_sha256"]},
-                "kept_fp32": sorted(kept), "kept_reason": kept,
-                "engine_file_is": "U8S8 Q/DQ ONNX for the ONNX Runtime CPU provider" if backend == "onnxruntime"
-                else "TensorRT engine built from the symmetric int8 Q/DQ ONNX",
-            },
-            "files": {k: v.name for k, v in final_files.items()},
-            "agreement": agreement,
-            "build": {"seconds": round(seconds, 2), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                      "command": mf.command_line(), "flags": fp["flags"]},
-            "fingerprint": fp,
-            "sparsity": sparse,
-            "card": card.to_dict(),
-        }
+        final_files = {k: out.with_name(f"{out.name}.{SIDE_FILE_SUFFIX[k]}.onnx")
+                       for k in files if files[k] != built.engine}
+        manifest = mf.Manifest(
+            schema=mf.SCHEMA,
+            edgekit_version=__version__,
+            engine=mf.EngineFile(out.name, mf.file_sha256(built.engine), built.engine.stat().st_size),
+            backend=built.record,
+            environment=mf.host_environment(),
+            precision=precision,
+            onnx=mf.OnnxSource(str(onnx_path), fp["onnx_sha256"]),
+            preprocess_sha256=fp["preprocess_sha256"],
+            io=_io_description(built.io_onnx),
+            int8=None if precision != "int8" else mf.Int8Record(
+                method=opts.calib_method, quantizer="onnxruntime.quantization (QDQ, per-channel weights)",
+                calibration=mf.CalibrationRecord(calib.source if calib else "", len(tensors),
+                                                 fp["calibration_sha256"]),
+                kept_fp32=sorted(kept), kept_reason=kept, engine_file_is=built.int8_engine_is),
+            files={k: v.name for k, v in final_files.items()},
+            agreement=agreement,
+            build=mf.BuildRecord(round(seconds, 2), time.strftime("%Y-%m-%dT%H:%M:%S%z"), mf.command_line(),
+                                 fp["flags"]),
+            fingerprint=fp,
+            sparsity=sparse,
+            card=card,
+        )
         mtmp = work / "manifest.json"
-        mtmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        mf.write(manifest, mtmp)
         # Side files first, then the engine, then the manifest: a reader never sees a manifest
         # that points at files not yet in place.
         for k, dest in final_files.items():
             files[k].replace(dest)
-        engine_tmp.replace(out)
+        built.engine.replace(out)
         mtmp.replace(mf.path_for(out))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return BuildReport(out, mf.path_for(out), backend, precision, seconds, out.stat().st_size, sorted(kept),
-                       agreement, {k: str(v) for k, v in final_files.items()}, sparsity=sparse)
+                       agreement, {k: str(v) for k, v in final_files.items()}, registry.task(card.task).agreement_key,
+                       sparsity=sparse)
+
+
+def _to_fp16_onnx(src: Path, dst: Path) -> Path:
+    """TensorRT 11: FP16 means an FP16 ONNX (inputs and outputs stay FP32)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(model, str(dst))
+    return dst
 
 
 def _agreement_frames(card: ModelCard) -> List[np.ndarray]:
@@ -241,44 +253,39 @@ def _agreement_frames(card: ModelCard) -> List[np.ndarray]:
     return [render_image(4242, i, (max(w, 64), max(h, 64))).image for i in range(16)]
 
 
-def _io_description(onnx_file: Path) -> Dict[str, Any]:
+def _io_description(onnx_file: Path) -> mf.IODescription:
     import onnx
 
-    model = onnx.load(str(onnx_file), load_external_data=False)
-    inputs, outputs = onnx_io.io_names(model)
+    inputs, outputs = onnx_io.io_specs(onnx.load(str(onnx_file), load_external_data=False))
 
-    def spec(v: Any) -> Dict[str, Any]:
-        return {"name": v.name, "shape": onnx_io.static_shape(v),
-                "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name}
+    def desc(specs: List[TensorSpec]) -> List[mf.TensorDescription]:
+        return [mf.TensorDescription(s.name, list(s.shape), s.dtype) for s in specs]
 
-    return {"inputs": [spec(i) for i in inputs], "outputs": [spec(o) for o in outputs]}
+    return mf.IODescription(desc(inputs), desc(outputs))
 
 
-def reference_outputs(fp32: Path, tensors: List[np.ndarray]) -> List[np.ndarray]:
+def reference_outputs(fp32: Path, tensors: List[np.ndarray]) -> List[Dict[str, np.ndarray]]:
     """FP32 ONNX Runtime outputs on the agreement frames: the yardstick every built file is held to."""
-    from edgekit.runtime.backends.onnxruntime import OnnxRuntimeBackend
-
     with OnnxRuntimeBackend(fp32) as ref:
-        return [ref.infer([x])[0] for x in tensors]
+        return [ref.infer([x]) for x in tensors]
 
 
-def measure_agreement(card: ModelCard, reference: List[np.ndarray], engine: Path, backend: str,
-                      backend_section: Dict[str, Any], tensors: List[np.ndarray]) -> Dict[str, Any]:
-    """How closely the engine follows FP32 on the same preprocessed frames: the largest output
-    difference and a task-level agreement (detections matched, or pixels with the same class)."""
-    from edgekit.runtime.backends.onnxruntime import OnnxRuntimeBackend
-    from edgekit.runtime.opening import backend_class
-    from edgekit.runtime.tasks.agreement import task_agreement
+def measure_agreement(card: ModelCard, reference: List[Dict[str, np.ndarray]], engine: Backend,
+                      tensors: List[np.ndarray]) -> Dict[str, Any]:
+    """How closely an engine follows FP32 on the same preprocessed frames: the largest output difference
+    and the task's agreement measure (detections matched, pixels given the same class, ...)."""
+    task, layout = registry.task(card.task), registry.layout(card.output_layout)
+    h, w = card.input_size
+    same_frame, params = Transform.identity(w, h), DecodeParams.of(card)
 
-    if backend == "onnxruntime":
-        eng: Any = OnnxRuntimeBackend(engine, backend_section.get("providers"), backend_section.get("session_options"))
-    else:
-        eng = backend_class(backend).load_engine(engine, {"backend": backend_section})  # type: ignore[attr-defined]
+    def result(outputs: Dict[str, np.ndarray]) -> Any:
+        return layout.decode({k: v[0] for k, v in outputs.items()}, same_frame, card, params)
+
     max_abs, scores = 0.0, []
-    with eng:
-        for x, ref in zip(tensors, reference):
-            got = eng.infer([x])[0].astype(np.float32)
-            max_abs = max(max_abs, float(np.abs(ref - got).max()))
-            scores.append(task_agreement(card, ref[0], got[0]))
-    key = "detection_f1" if card.task == "detection" else "pixel_agreement"
-    return {"frames": len(tensors), "max_abs_diff": round(max_abs, 5), key: round(float(np.mean(scores)), 4)}
+    for x, ref in zip(tensors, reference):
+        got = engine.infer([x])
+        for name, r in ref.items():
+            max_abs = max(max_abs, float(np.abs(r - got[name].astype(np.float32)).max()))
+        scores.append(task.agreement(result(ref), result(got)))
+    return {"frames": len(tensors), "max_abs_diff": round(max_abs, 5),
+            task.agreement_key: round(float(np.mean(scores)), 4)}

@@ -1,9 +1,11 @@
 """ONNX files: reading and writing the model card in metadata_props, loading with one-line errors."""
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional, Tuple
 
 from edgekit.errors import EdgekitError
+from edgekit.runtime import registry
+from edgekit.runtime.backends.base import TensorSpec
 from edgekit.runtime.card import CARD_KEY, ModelCard
 
 
@@ -44,7 +46,7 @@ def set_card(model: Any, card: ModelCard) -> None:
     entry.key, entry.value = CARD_KEY, card.to_json()
 
 
-def io_names(model: Any):
+def io_names(model: Any) -> Tuple[List[Any], List[Any]]:
     init = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in init]
     return inputs, list(model.graph.output)
@@ -58,25 +60,28 @@ def static_shape(value_info: Any) -> list:
     return dims
 
 
-def check_against_card(model: Any, card: ModelCard, source: str) -> None:
-    """The graph's single input and output must have the rank and layout the card describes."""
+def tensor_spec(value_info: Any) -> TensorSpec:
+    import onnx
+
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(value_info.type.tensor_type.elem_type).name
+    return TensorSpec(value_info.name, tuple(static_shape(value_info)), dtype)
+
+
+def io_specs(model: Any) -> Tuple[List[TensorSpec], List[TensorSpec]]:
+    """The graph's inputs and outputs as the runtime side describes tensors."""
     inputs, outputs = io_names(model)
+    return [tensor_spec(v) for v in inputs], [tensor_spec(v) for v in outputs]
+
+
+def check_against_card(model: Any, card: ModelCard, source: str) -> None:
+    """The graph's single image input must have the card's size; its outputs must fit the card's layout."""
+    inputs, outputs = io_specs(model)
     if len(inputs) != 1:
         raise EdgekitError(f"{source}: expected one image input, the graph has {len(inputs)}")
-    shape = static_shape(inputs[0])
+    shape = list(inputs[0].shape)
     h, w = card.input_size
     if len(shape) != 4 or shape[1] != 3 or shape[2:] != [h, w]:
         raise EdgekitError(
             f"{source}: input '{inputs[0].name}' has shape {shape}, the card says NCHW [N, 3, {h}, {w}]"
         )
-    if card.task == "detection":
-        out = static_shape(outputs[0])
-        if len(out) != 3 or (isinstance(out[1], int) and out[1] != 4 + card.num_classes):
-            raise EdgekitError(
-                f"{source}: output '{outputs[0].name}' has shape {out}; a YOLOv8-layout detector with "
-                f"{card.num_classes} classes has [N, {4 + card.num_classes}, anchors]"
-            )
-    else:
-        out = static_shape(outputs[0])
-        if len(out) not in (3, 4):
-            raise EdgekitError(f"{source}: output '{outputs[0].name}' has shape {out}; expected [N, C, H, W] logits")
+    registry.layout(card.output_layout).check(outputs, card, source)

@@ -215,14 +215,15 @@ def prune(checkpoint_path: str, opts: PruneOptions) -> Dict[str, Any]:
 
 def _taylor_loss(card: ModelCard, opts: PruneOptions) -> Callable[[nn.Module], torch.Tensor]:
     """The training loss on a batch of training images: Taylor importance needs gradients."""
-    from edgekit.build.train.loop import Batches, _loss
+    from edgekit.build.train.loop import Batches
+    from edgekit.build.train.objectives import objective
     from edgekit.runtime.data import datasets
 
     ds = datasets.load(card.task, opts.data or "", "train", opts.format)
     batch = next(Batches(ds, card, limit=32).iterate(32, None))
 
     def loss(model: nn.Module) -> torch.Tensor:
-        return _loss(model, batch[0], batch[1], card.task, "cpu")[0]
+        return objective(card.task).loss(model, batch[0], batch[1], "cpu")[0]
 
     return loss
 
@@ -240,9 +241,8 @@ def _latency_ms(model: nn.Module, card: ModelCard, backend: str) -> float:
         checkpoint.save(model, c, Path(tmp) / "candidate")
         onnx_path = export(Path(tmp) / "candidate.safetensors", Path(tmp) / "candidate.onnx").path
         built = build_engine(onnx_path, Path(tmp) / "candidate.engine", BuildOptions(backend=backend))
-        b, manifest, engine_card = open_engine(built.engine)
-        with b:
-            s = prof.Subject("candidate", b, engine_card, manifest)
+        with open_engine(built.engine) as opened:
+            s = prof.of(opened, "candidate")
             prof.prepare(s, 1)
             prof.measure([s], prof.ProfileOptions(warmup_s=0.3, iterations=100, duration_s=1.0))
     return prof.result(s, prof.ProfileOptions())["host_ms"]["p50"]
@@ -269,6 +269,7 @@ def _report(original: Path, pruned: Path, final: Path, before_channels: Dict[str
     from edgekit.build.models import checkpoint
     from edgekit.build.onnx_io import load_model
     from edgekit.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from edgekit.runtime.manifest import BackendRecord
     from edgekit.runtime.measure import profile as prof
     from edgekit.runtime.measure.evaluate import evaluate
 
@@ -288,8 +289,8 @@ def _report(original: Path, pruned: Path, final: Path, before_channels: Dict[str
                 row["sparsity_check"] = sparsity.check_onnx(load_model(onnx_path))
             backend = OnnxRuntimeBackend(onnx_path)
             if ds_val is not None:
-                row["accuracy_val"] = evaluate(lambda x, b=backend: b.infer([x])[0], card, ds_val)
-            s = prof.Subject(label, backend, card, {"backend": {"name": "onnxruntime"}})
+                row["accuracy_val"] = evaluate(lambda x, b=backend: b.infer([x]), card, ds_val)
+            s = prof.Subject(label, backend, card, BackendRecord(name=backend.name, version=backend.version()))
             prof.prepare(s, 1)
             subjects.append(s)
             rows.append(row)

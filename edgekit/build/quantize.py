@@ -45,7 +45,7 @@ def output_tail(model: Any) -> Set[str]:
 def resolve_keep(model: Any, keep: Sequence[str], source: str) -> Dict[str, str]:
     """Node names to keep in FP32, from node names or op types given by the user, plus the output tail."""
     names = {n.name for n in model.graph.node}
-    kept = {name: "output decoding after the last convolution" for name in output_tail(model)}
+    kept = {name: "output decoding after the last convolution" for name in sorted(output_tail(model))}
     for k in keep:
         matched = [n.name for n in model.graph.node if n.op_type == k]
         if matched:

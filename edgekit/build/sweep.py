@@ -9,13 +9,19 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from edgekit.build.engine_build import BuildOptions, build_engine, unsupported
+from edgekit.build.torch_backend import TorchBackend
 from edgekit.errors import EdgekitError
+from edgekit.runtime import registry
 from edgekit.runtime.artifacts import ensure_writable_dir, write_json, write_text
-from edgekit.runtime.backends import availability
+from edgekit.runtime.backends import Backend, availability, backend_class, engine_builders
+from edgekit.runtime.backends.base import TENSORRT_QDQ
+from edgekit.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.data import datasets
+from edgekit.runtime.manifest import host_environment
 from edgekit.runtime.measure import profile as prof
 from edgekit.runtime.measure.evaluate import accuracy_text, evaluate, primary_metric
+from edgekit.runtime.opening import open_engine
 
 SCHEMA = "edgekit.sweep/1"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -57,7 +63,7 @@ class Variant:
         return " ".join(parts)
 
     def engine_path(self, out: Path) -> Path:
-        return out / (_safe(self.label.replace(" ", ".")) + (".plan" if self.backend == "tensorrt" else ".onnx"))
+        return out / (_safe(self.label.replace(" ", ".")) + backend_class(self.backend).capabilities.file_suffix)
 
 
 def _check_choices(values: List[str], allowed: Tuple[str, ...], flag: str) -> None:
@@ -67,7 +73,7 @@ def _check_choices(values: List[str], allowed: Tuple[str, ...], flag: str) -> No
 
 
 def _backends(opts: SweepOptions) -> List[str]:
-    avail = {name: (ok, why) for name, ok, why in availability()}
+    avail = {name: (ok, why) for name, ok, why in availability(engine_builders())}
     if not opts.backends:
         chosen = [n for n, (ok, _) in avail.items() if ok]
         if not chosen:
@@ -82,12 +88,13 @@ def _backends(opts: SweepOptions) -> List[str]:
 
 
 def _dla_cores(backends: List[str]) -> List[int]:
-    if "tensorrt" not in backends:
-        raise EdgekitError("--dla: there is no DLA here (DLA engines are built by TensorRT on a Jetson, and the "
-                           "tensorrt backend is not available)")
-    from edgekit.runtime.backends.tensorrt import TensorRTBackend
-
-    n = TensorRTBackend.dla_cores()
+    with_dla = [b for b in backends if backend_class(b).capabilities.dla]
+    if not with_dla:
+        builders = [b for b in engine_builders() if backend_class(b).capabilities.dla]
+        raise EdgekitError(f"--dla: there is no DLA here (DLA engines are built by "
+                           f"{' or '.join(backend_class(b).label for b in builders)} on a Jetson, and the "
+                           f"{' or '.join(builders)} backend is not available)")
+    n = max(backend_class(b).dla_cores() for b in with_dla)
     if n == 0:
         raise EdgekitError("--dla: this device has no DLA cores (Orin Nano and desktop GPUs have none)")
     return list(range(n))
@@ -99,7 +106,7 @@ def plan(models: List[str], backends: List[str], dla: List[int], opts: SweepOpti
         for backend in backends:
             for precision in opts.precisions:
                 for method in (opts.calib_methods if precision == "int8" else [None]):
-                    cores: List[Optional[int]] = [None] + (list(dla) if backend == "tensorrt" else [])
+                    cores: List[Optional[int]] = [None] + (list(dla) if backend_class(backend).capabilities.dla else [])
                     out += [Variant(model, backend, precision, method, core) for core in cores]
     return out
 
@@ -138,8 +145,8 @@ def _load_checkpoints(paths: List[str]) -> List[Tuple[Path, ModelCard]]:
     return found
 
 
-def _accuracy(backend: Any, card: ModelCard, ds: datasets.Dataset, limit: int) -> Dict[str, Any]:
-    return evaluate(lambda x: backend.infer([x])[0], card, ds, limit)
+def _accuracy(backend: Backend, card: ModelCard, ds: datasets.Dataset, limit: int) -> Dict[str, Any]:
+    return evaluate(lambda x: backend.infer([x]), card, ds, limit)
 
 
 def _safe(name: str) -> str:
@@ -148,23 +155,19 @@ def _safe(name: str) -> str:
 
 def _reference(path: Path, card: ModelCard, ds: datasets.Dataset, opts: SweepOptions) -> Tuple[Dict, prof.Subject]:
     """The checkpoint itself on eager PyTorch: the row every other is compared with."""
-    from edgekit.build.torch_backend import TorchBackend
-
-    b = TorchBackend(path, opts.device)
-    label = f"{card.name} torch fp32 ({b.device})"
+    b, _, record = TorchBackend.open_checkpoint(path, opts.device)
+    label = f"{card.name} torch fp32 ({record.device})"
     row = {"variant": label, "checkpoint": str(path), "backend": "torch", "precision": "fp32", "calib_method": None,
-           "device": b.device, "status": "ok", "file": str(path), "bytes": path.stat().st_size,
+           "device": record.device, "status": "ok", "file": str(path), "bytes": path.stat().st_size,
            "accuracy": _accuracy(b, card, ds, opts.limit)}
-    return row, prof.Subject(label, b, card, {"backend": {"name": "torch"}}, str(path))
+    return row, prof.Subject(label, b, card, record, "fp32", str(path))
 
 
 def _variant(v: Variant, path: Path, onnx_path: Path, card: ModelCard, ds: datasets.Dataset, calib: Optional[str],
              opts: SweepOptions) -> Tuple[Dict, Optional[prof.Subject]]:
     """Build, open and evaluate one variant; a row saying why where it is skipped or fails."""
-    from edgekit.runtime.backends.onnxruntime import OnnxRuntimeBackend
-    from edgekit.runtime.opening import open_engine
-
-    device = f"dla{v.dla_core}" if v.dla_core is not None else ("gpu" if v.backend == "tensorrt" else "cpu")
+    caps = backend_class(v.backend).capabilities
+    device = f"dla{v.dla_core}" if v.dla_core is not None else caps.device_label
     row: Dict[str, Any] = {"variant": v.label, "checkpoint": str(path), "backend": v.backend,
                            "precision": v.precision, "calib_method": v.calib_method, "device": device}
     why = unsupported(v.backend, v.precision, v.dla_core)
@@ -174,16 +177,16 @@ def _variant(v: Variant, path: Path, onnx_path: Path, card: ModelCard, ds: datas
         built = build_engine(onnx_path, v.engine_path(Path(opts.out)), BuildOptions(
             backend=v.backend, precision=v.precision, calib=calib, calib_method=v.calib_method or "minmax",
             calib_size=opts.calib_size, dla_core=v.dla_core))
-        backend, manifest, _ = open_engine(built.engine)
+        opened = open_engine(built.engine)
     except EdgekitError as e:
         return {**row, "status": "failed", "reason": str(e)}, None
     row.update(status="ok", file=str(built.engine), bytes=built.bytes, build_seconds=round(built.seconds, 2),
-               accuracy=_accuracy(backend, card, ds, opts.limit))
-    qdq = manifest.get("files", {}).get("tensorrt_qdq_onnx")
-    if qdq and v.backend == "onnxruntime":  # what the Jetson's INT8 engine will score, predicted here
-        with OnnxRuntimeBackend(built.engine.parent / qdq) as q:
+               accuracy=_accuracy(opened.backend, card, ds, opts.limit))
+    qdq = opened.manifest.side_file(built.engine, TENSORRT_QDQ) if opened.manifest else None
+    if qdq and caps.int8_file != TENSORRT_QDQ:  # what the Jetson's INT8 engine will score, predicted here
+        with OnnxRuntimeBackend(qdq) as q:
             row["accuracy_tensorrt_qdq_on_cpu"] = _accuracy(q, card, ds, opts.limit)
-    return row, prof.Subject(v.label, backend, card, manifest, str(built.engine))
+    return row, prof.of(opened, v.label)
 
 
 def sweep(checkpoint_paths: List[str], opts: SweepOptions) -> Dict[str, Any]:
@@ -231,14 +234,12 @@ def sweep(checkpoint_paths: List[str], opts: SweepOptions) -> Dict[str, Any]:
             row["primary"] = row["accuracy"][metric]
             row["delta_points"] = round(100 * (row["primary"] - reference), 2)
     mark_pareto(rows, opts.accuracy_budget)
-    from edgekit.runtime.manifest import host_environment
-
     report = {"schema": SCHEMA, "task": task, "metric": metric, "reference": rows[0]["variant"],
               "data": {"root": str(opts.data), "split": opts.split, "images": rows[0]["accuracy"]["images"]},
               "calibration": calib, "accuracy_budget_points": opts.accuracy_budget,
               "profile": {"iterations": opts.profile.iterations, "duration_s": opts.profile.duration_s,
                           "rounds": opts.profile.rounds, "batch": opts.profile.batch},
-              "rows": rows, "environment": host_environment(), "seconds": round(time.perf_counter() - t0, 1)}
+              "rows": rows, "environment": host_environment().to_dict(), "seconds": round(time.perf_counter() - t0, 1)}
     write_json(out / "sweep.json", report)
     write_text(out / "sweep.md", markdown(report))
     plot = pareto_plot(report, out / "pareto.png")
@@ -264,7 +265,7 @@ def mark_pareto(rows: List[Dict[str, Any]], budget: Optional[float]) -> None:
 
 def markdown(r: Dict[str, Any]) -> str:
     task = r["task"]
-    what = "mAP@0.5 / mAP@0.5:0.95" if task == "detection" else "mIoU"
+    what = registry.task(task).metric_label
     lines = [f"# Sweep: {r['reference']} and its variants", "",
              f"- accuracy: {what} on {r['data']['root']} split '{r['data']['split']}' ({r['data']['images']} images);"
              f" difference in points of {r['metric']} from the PyTorch FP32 reference",

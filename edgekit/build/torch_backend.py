@@ -1,16 +1,19 @@
 """Eager PyTorch backend (CPU or CUDA): the reference and baseline row in profiles and sweeps
-(DESIGN.md section 3). Build side only: it imports torch, so run-stream and engine profiles never load it.
-On CUDA, host-to-device copy, compute and device-to-host copy are timed with CUDA events."""
+(DESIGN.md section 3). Build side: it registers itself with the runtime side as a plugin (the
+`edgekit.backends` entry point in pyproject.toml), so the runtime side never imports it and run-stream
+and engine profiles never load torch. On CUDA, host-to-device copy, compute and device-to-host copy are
+timed with CUDA events."""
 
 import time
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.runtime.backends.base import Backend, TensorSpec, Timing, runtime_module
+from edgekit.runtime.backends.base import Backend, Capabilities, TensorSpec, Timing, runtime_module
 from edgekit.runtime.card import ModelCard
+from edgekit.runtime.manifest import BackendRecord
 
 
 def _torch() -> Any:
@@ -19,6 +22,17 @@ def _torch() -> Any:
 
 class TorchBackend(Backend):
     name = "torch"
+    label = "PyTorch"
+    capabilities = Capabilities(precisions=(), opens_checkpoints=True, extra="build")
+
+    @classmethod
+    def how_to_install(cls, jetpack_major: Any) -> str:
+        return "pip install 'edgekit[build]' (checkpoints, training, export; Python 3.10+)"
+
+    @classmethod
+    def open_checkpoint(cls, path: Path, device: str) -> Tuple[Backend, ModelCard, BackendRecord]:
+        backend = cls(path, device)
+        return backend, backend.card, BackendRecord(name=cls.name, version=cls.version(), device=backend.device)
 
     @classmethod
     def runtime(cls) -> Any:
@@ -64,7 +78,7 @@ class TorchBackend(Backend):
     def outputs(self) -> List[TensorSpec]:
         return self._outputs
 
-    def infer(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
+    def infer(self, inputs: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
         torch = self.torch
         t0 = time.perf_counter_ns()
         with torch.inference_mode():
@@ -72,7 +86,7 @@ class TorchBackend(Backend):
                 out = self.model(torch.from_numpy(np.ascontiguousarray(inputs[0], np.float32)))
                 result = out.numpy()
                 self._timing = Timing(host_ms=(time.perf_counter_ns() - t0) / 1e6)
-                return [result]
+                return {self.card.output_name: result}
             ev = self._events
             ev[0].record()
             x = torch.from_numpy(np.ascontiguousarray(inputs[0], np.float32)).to(self.device, non_blocking=True)
@@ -84,7 +98,7 @@ class TorchBackend(Backend):
             ev[3].synchronize()
         self._timing = Timing(host_ms=(time.perf_counter_ns() - t0) / 1e6, h2d_ms=ev[0].elapsed_time(ev[1]),
                               device_ms=ev[1].elapsed_time(ev[2]), d2h_ms=ev[2].elapsed_time(ev[3]))
-        return [result]
+        return {self.card.output_name: result}
 
     def close(self) -> None:
         if self.device == "cuda":  # give the GPU memory back to other engines in the same process

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from edgekit.errors import EdgekitError, MissingDependency
+from edgekit.runtime import registry
 
-TASKS = ("detection", "segmentation")
 RESIZE_MODES = ("letterbox", "stretch")
 CARD_KEY = "edgekit.card"  # the card as JSON in an ONNX file's metadata_props
-OUTPUT_LAYOUTS = {"detection": ("yolov8",), "segmentation": ("logits",)}
 
 # key -> (required, subkeys or None). Subkeys are checked the same way (all required unless listed
 # in _OPTIONAL_SUBKEYS).
@@ -58,8 +57,8 @@ class ModelCard:
     extra: Dict[str, Any] = field(default_factory=dict)  # description, metrics, training, pruning, sparsity, ...
 
     def __post_init__(self) -> None:
-        if not self.output_layout:
-            self.output_layout = OUTPUT_LAYOUTS.get(self.task, ("",))[0]
+        if not self.output_layout and self.task in registry.task_names():
+            self.output_layout = registry.default_layout(self.task)
         self.validate()
 
     @property
@@ -70,8 +69,9 @@ class ModelCard:
         def bad(msg: str) -> EdgekitError:
             return EdgekitError(f"{source}: {msg}")
 
-        if self.task not in TASKS:
-            raise bad(f"task must be one of {', '.join(TASKS)}, not '{self.task}'")
+        tasks = registry.task_names()
+        if self.task not in tasks:
+            raise bad(f"task must be one of {', '.join(tasks)}, not '{self.task}'")
         if not self.classes or not all(isinstance(c, str) and c for c in self.classes):
             raise bad("classes must be a non-empty list of names")
         if len(set(self.classes)) != len(self.classes):
@@ -85,8 +85,10 @@ class ModelCard:
             raise bad(f"resize.mode must be one of {', '.join(RESIZE_MODES)}, not '{self.resize_mode}'")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
             raise bad("normalize.mean and normalize.std need 3 values each, std > 0")
-        if self.output_layout not in OUTPUT_LAYOUTS[self.task]:
-            raise bad(f"output.layout '{self.output_layout}' does not fit task '{self.task}'")
+        fitting = [lay.name for lay in registry.layouts(self.task)]
+        if self.output_layout not in fitting:
+            raise bad(f"output.layout '{self.output_layout}' does not fit task '{self.task}' (its layouts: "
+                      f"{', '.join(fitting)})")
         if not 0 <= self.score_threshold <= 1 or not 0 <= self.iou_threshold <= 1:
             raise bad("postprocess thresholds must lie in [0, 1]")
 
@@ -169,6 +171,11 @@ class ModelCard:
             raise EdgekitError(f"{source}: {e}") from None
         except (TypeError, ValueError, KeyError) as e:
             raise EdgekitError(f"{source}: malformed value ({e})") from None
+
+    @classmethod
+    def from_value(cls, value: Any, source: str) -> "ModelCard":
+        """The card inside a typed record (an engine manifest), see records.py."""
+        return cls.from_dict(value, source)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=False)

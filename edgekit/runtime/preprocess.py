@@ -25,6 +25,11 @@ class Transform:
     src_w: int
     src_h: int
 
+    @classmethod
+    def identity(cls, width: int, height: int) -> "Transform":
+        """The network input itself as the frame (to compare two runs of one model on the same input)."""
+        return cls(1.0, 1.0, 0.0, 0.0, width, height)
+
     def boxes_to_source(self, boxes: np.ndarray) -> np.ndarray:
         """Map xyxy boxes from network-input pixels back to source pixels, clipped to the frame."""
         out = np.empty_like(boxes, dtype=np.float32)

@@ -24,15 +24,18 @@ def test_cuda_outputs_match_cpu(cuda_torch, task):
 
     with TorchBackend(SHIPPED[task], "cpu") as cpu, TorchBackend(SHIPPED[task], "cuda") as gpu:
         x = example_input(cpu.card, 2)
-        np.testing.assert_allclose(gpu.infer([x])[0], cpu.infer([x])[0], atol=2e-3, rtol=1e-3)
+        name = cpu.card.output_name
+        np.testing.assert_allclose(gpu.infer([x])[name], cpu.infer([x])[name], atol=2e-3, rtol=1e-3)
 
 
 def test_profile_on_cuda_separates_copies_and_compute(cuda_torch):
     from edgekit.build.torch_backend import TorchBackend
 
-    with TorchBackend(SHIPPED["detection"], "cuda") as b:
-        r = profile(Subject("det", b, b.card, {"backend": {"name": "torch", "device": "cuda"}}),
+    b, card, record = TorchBackend.open_checkpoint(SHIPPED["detection"], "cuda")
+    with b:
+        r = profile(Subject("det", b, card, record, "fp32"),
                     ProfileOptions(warmup_s=0.2, iterations=50, duration_s=0.0, power=False))
+    assert r["backend"]["device"] == "cuda"
     assert r["device_ms"]["count"] == r["iterations"] >= 50
     assert r["h2d_ms"]["mean"] > 0 and r["d2h_ms"]["mean"] > 0
     # CUDA events bracket work inside one host call: device compute cannot exceed host wall time.

@@ -15,12 +15,12 @@ from edgekit.build import sparsity
 from edgekit.build.models import checkpoint, model_task
 from edgekit.build.train.augment import augment
 from edgekit.build.train.logs import EpochLog, diagnose, plot_curves
-from edgekit.build.train.loss import detection_loss, segmentation_loss
+from edgekit.build.train.objectives import objective
 from edgekit.errors import EdgekitError
 from edgekit.runtime.artifacts import ensure_writable_dir, write_json, write_text
 from edgekit.runtime.card import ModelCard, _yaml
 from edgekit.runtime.data import datasets
-from edgekit.runtime.measure.evaluate import Accumulator, primary_metric
+from edgekit.runtime.measure.evaluate import Scorer, primary_metric, truth_of
 from edgekit.runtime.preprocess import resize, to_tensor
 
 # Normalization of the shipped models (ImageNet statistics, as most pretrained backbones expect).
@@ -57,12 +57,11 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         c = dataclasses.replace(self)
-        if c.task not in ("detection", "segmentation"):
-            raise EdgekitError(f"--task must be detection or segmentation, not '{c.task}'")
-        c.arch = c.arch or ("edgenet-det-s" if c.task == "detection" else "edgenet-seg-s")
+        obj = objective(c.task)
+        c.arch = c.arch or obj.default_arch
         if model_task(c.arch) != c.task:
             raise EdgekitError(f"--arch {c.arch} is a {model_task(c.arch)} model, not {c.task}")
-        c.resize = c.resize or ("letterbox" if c.task == "detection" else "stretch")
+        c.resize = c.resize or obj.default_resize
         c.imgsz = (int(c.imgsz[0]), int(c.imgsz[1]))
         if c.imgsz[0] % 32 or c.imgsz[1] % 32 or min(c.imgsz) < 32:
             raise EdgekitError(f"--imgsz must be multiples of 32, got {c.imgsz[0]}x{c.imgsz[1]}")
@@ -85,6 +84,7 @@ class Batches:
 
     def __init__(self, ds: datasets.Dataset, card: ModelCard, limit: int = 0) -> None:
         self.ds, self.card = ds, card
+        self.objective = objective(card.task)
         n = len(ds) if not limit else min(limit, len(ds))
         # Decode everything once up front: a corrupt image fails before any output is written.
         self.items = [datasets.load_sample(ds, i) for i in range(n)]
@@ -105,11 +105,7 @@ class Batches:
                 resized, tf = resize(img, self.card)
                 tensors.append(to_tensor(resized, self.card))
                 transforms.append(tf)
-                if self.card.task == "detection":
-                    targets.append((torch.from_numpy(tf.boxes_to_input(boxes)), torch.from_numpy(classes)))
-                else:
-                    m, _ = resize(mask, self.card, interpolation=0, pad_value=datasets.IGNORE_INDEX)
-                    targets.append(torch.from_numpy(m.astype(np.int64)))
+                targets.append(self.objective.target(tf, boxes, classes, mask, self.card))
             yield torch.from_numpy(np.concatenate(tensors)), targets, transforms, idx
 
 
@@ -130,28 +126,21 @@ def make_card(cfg: TrainConfig, classes: List[str]) -> ModelCard:
     )
 
 
-def _loss(model, images, targets, task, device):
-    if task == "detection":
-        return detection_loss(model, images, [(b.to(device), c.to(device)) for b, c in targets])
-    return segmentation_loss(model, images, torch.stack(targets).to(device))
-
-
 @torch.no_grad()
 def evaluate(model, batches: Batches, card: ModelCard, device: str, batch_size: int = 16) -> Dict[str, Any]:
     """Validation loss and task metric of a torch model, post-processed as at run time."""
     model.eval()
     losses = []
-    acc = Accumulator(card)
+    scorer = Scorer(card)
     for images, targets, transforms, idx in batches.iterate(batch_size, None):
         images = images.to(device)
-        loss, _ = _loss(model, images, targets, card.task, device)
+        loss, _ = batches.objective.loss(model, images, targets, device)
         losses.append(float(loss) * len(idx))
-        out = model(images).float().cpu().numpy()
-        for o, tf, i in zip(out, transforms, idx):
-            _img, boxes, classes, mask = batches.items[i]
-            acc.add(o, tf, boxes, classes, mask)
+        outputs = {card.output_name: model(images).float().cpu().numpy()}
+        for k, (tf, i) in enumerate(zip(transforms, idx)):
+            scorer.add(outputs, tf, truth_of(batches.items[i]), index=k)
     result: Dict[str, Any] = {"loss": sum(losses) / max(1, len(batches))}
-    result.update(acc.result())
+    result.update(scorer.result())
     result.pop("images")
     return result
 
@@ -233,7 +222,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Dict[str, Any]:
             running, seen = 0.0, 0
             bar = _bar(steps_per_epoch, f"epoch {epoch}/{cfg.epochs}", cfg.progress)
             for images, targets, _tf, idx in train_b.iterate(cfg.batch_size, rng):
-                loss, parts = _loss(model, images.to(device), targets, cfg.task, device)
+                loss, parts = train_b.objective.loss(model, images.to(device), targets, device)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 10.0)
@@ -252,8 +241,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Dict[str, Any]:
             val = evaluate(model, val_b, card, device, cfg.batch_size)
             row = {"epoch": epoch, "train_loss": running / max(1, seen), "val_loss": val["loss"],
                    f"val_{metric}": val[metric], "lr": opt.param_groups[0]["lr"]}
-            if cfg.task == "detection":
-                row["val_mAP50"] = val["mAP50"]
+            row.update({f"val_{m}": val[m] for m in objective(cfg.task).logged_metrics})
             log.add(row)
             improved = val[metric] > best
             if improved:

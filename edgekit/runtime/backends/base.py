@@ -1,13 +1,22 @@
-"""The backend interface: availability, I/O description, infer, and the timing of the last call."""
+"""The backend interface (DESIGN.md section 3): a capabilities record read by build, sweep, profile and
+doctor instead of testing backend names; availability, environment, build and load; the I/O description,
+`infer` with outputs by name, and the timing of the last call."""
 
 import importlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from edgekit.errors import EdgekitError, MissingDependency
+from edgekit.runtime.manifest import BackendRecord
+
+# The INT8 files one calibration gives (TENSORRT.md): the symmetric Q/DQ ONNX TensorRT builds from, and the
+# U8S8 ONNX that ONNX Runtime's CPU kernels run fast.
+TENSORRT_QDQ = "tensorrt_qdq_onnx"
+ONNXRUNTIME_U8S8 = "onnxruntime_u8s8_onnx"
 
 
 def runtime_module(module: str, package: str, extra: str, needs: str = "", how: str = "") -> Any:
@@ -22,6 +31,55 @@ def runtime_module(module: str, package: str, extra: str, needs: str = "", how: 
     if needs and not hasattr(mod, needs):
         raise MissingDependency(package, extra, how)
     return mod
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend offers, declared once."""
+
+    precisions: Tuple[str, ...] = ("fp32",)  # what it builds; empty: it builds no engines (runs checkpoints)
+    # precision -> why it is not offered, for the one-line refusal (e.g. FP16 on a CPU provider)
+    precision_notes: Mapping[str, str] = field(default_factory=dict)
+    dla: bool = False  # builds for a Jetson's DLA cores
+    sparsity: bool = False  # uses 2:4 sparse weights
+    timing_cache: bool = False  # reads and updates a timing cache while building
+    dynamic_batch: bool = True  # runs ONNX with a dynamic batch axis
+    file_suffix: str = ".onnx"  # of the engine files it writes
+    device_label: str = "cpu"  # where it runs, in sweep tables
+    int8_file: str = TENSORRT_QDQ  # which INT8 file its engine is made from
+    opens_checkpoints: bool = False  # runs an edgekit checkpoint directly (the eager PyTorch reference)
+    extra: str = ""  # the edgekit extra that installs its runtime, where one does
+
+    @property
+    def builds_engines(self) -> bool:
+        return bool(self.precisions)
+
+
+@dataclass
+class BuildRequest:
+    """Everything a backend needs to turn prepared ONNX files into an engine (the build side prepares them)."""
+
+    fp32_onnx: Path
+    int8_files: Dict[str, Path]  # kind (TENSORRT_QDQ, ONNXRUNTIME_U8S8) -> file, for INT8
+    work: Path  # a private folder for the engine file and scratch files
+    precision: str
+    input_size: Tuple[int, int]  # (height, width)
+    calib_tensors: Optional[Sequence[np.ndarray]] = None
+    calib_cache: Optional[Path] = None
+    dla_core: Optional[int] = None
+    workspace_mb: int = 1024
+    timing_cache: Optional[str] = None
+    sparsity: bool = False
+    max_batch: int = 1
+    to_fp16_onnx: Optional[Callable[[Path, Path], Path]] = None  # for runtimes whose FP16 means an FP16 ONNX
+
+
+@dataclass
+class BuildResult:
+    engine: Path  # inside request.work, or one of the request's ONNX files
+    record: BackendRecord
+    io_onnx: Path  # the ONNX whose inputs and outputs the engine has
+    int8_engine_is: str = ""  # what the engine file is, for an INT8 build
 
 
 @dataclass(frozen=True)
@@ -44,8 +102,11 @@ class Timing:
 class Backend(ABC):
     """A loaded engine. Use as a context manager, or call close()."""
 
-    name = ""
+    name = ""  # as commands and manifests spell it
+    label = ""  # as people write it
+    capabilities = Capabilities()
 
+    # --- the backend as a whole ---------------------------------------------------------------------
     @classmethod
     @abstractmethod
     def runtime(cls) -> Any:
@@ -68,6 +129,38 @@ class Backend(ABC):
     def version(cls) -> str:
         return str(cls.runtime().__version__)
 
+    @classmethod
+    def environment(cls) -> BackendRecord:
+        """What an engine's manifest is checked against on this machine."""
+        return BackendRecord(name=cls.name, version=cls.version())
+
+    @classmethod
+    def how_to_install(cls, jetpack_major: Optional[int]) -> str:
+        """What to install where the backend is missing (`jetpack_major`: 35, 36, ... on a Jetson, else None)."""
+        return f"pip install 'edgekit[{cls.capabilities.extra}]'" if cls.capabilities.extra else ""
+
+    @classmethod
+    def dla_cores(cls) -> int:
+        """DLA cores this device has for this backend (0 where it builds no DLA engines)."""
+        return 0
+
+    @classmethod
+    def build(cls, request: BuildRequest) -> BuildResult:
+        """Turn the prepared ONNX files into an engine."""
+        raise EdgekitError(f"the {cls.name} backend builds no engines")
+
+    @classmethod
+    def load(cls, path: Path, record: BackendRecord, pipelined: bool = False, max_batch: int = 1) -> "Backend":
+        """An engine this backend built, as its manifest's record describes it. `pipelined`: it runs beside
+        other busy threads (run-stream), not alone in a loop (profile)."""
+        raise EdgekitError(f"the {cls.name} backend loads no engine files")
+
+    @classmethod
+    def open_checkpoint(cls, path: Path, device: str) -> Tuple["Backend", Any, BackendRecord]:
+        """(backend, model card, record) of an edgekit checkpoint, where capabilities.opens_checkpoints."""
+        raise EdgekitError(f"the {cls.name} backend does not run checkpoints")
+
+    # --- one loaded engine --------------------------------------------------------------------------
     @property
     @abstractmethod
     def inputs(self) -> List[TensorSpec]: ...
@@ -77,18 +170,19 @@ class Backend(ABC):
     def outputs(self) -> List[TensorSpec]: ...
 
     @abstractmethod
-    def infer(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
-        """Run once on host arrays (in input order); returns host arrays in output order."""
+    def infer(self, inputs: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
+        """Run once on host arrays (in input order); returns host arrays by output name, in output order."""
+
+    def batch_limit(self) -> Optional[int]:
+        """The largest batch this engine takes; None where any batch goes (a dynamic batch axis)."""
+        first = self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape else 1
+        return first if isinstance(first, int) and first > 0 else None
 
     @property
     def last_timing(self) -> Timing:
         return self._timing
 
     _timing = Timing()
-
-    def infer_named(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        outs = self.infer([feeds[s.name] for s in self.inputs])
-        return {s.name: o for s, o in zip(self.outputs, outs)}
 
     def close(self) -> None:  # noqa: B027  (a no-op unless the backend holds resources)
         """Release the engine and its memory."""

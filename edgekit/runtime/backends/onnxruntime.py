@@ -8,7 +8,17 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.runtime.backends.base import Backend, TensorSpec, Timing, runtime_module
+from edgekit.runtime.backends.base import (
+    ONNXRUNTIME_U8S8,
+    Backend,
+    BuildRequest,
+    BuildResult,
+    Capabilities,
+    TensorSpec,
+    Timing,
+    runtime_module,
+)
+from edgekit.runtime.manifest import BackendRecord
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
                "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
@@ -20,6 +30,15 @@ def _ort() -> Any:
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    label = "ONNX Runtime"
+    capabilities = Capabilities(
+        precisions=("fp32", "int8"),
+        precision_notes={"fp16": "its CPU provider has no fast FP16 kernels and would run FP16 slower than FP32"},
+        file_suffix=".onnx", device_label="cpu", int8_file=ONNXRUNTIME_U8S8, extra="onnxruntime",
+    )
+    # How engines are run: recorded in the manifest, so a later edgekit runs them the same way.
+    PROVIDERS = ["CPUExecutionProvider"]
+    SESSION_OPTIONS = {"graph_optimization_level": "ORT_ENABLE_ALL"}
 
     @classmethod
     def runtime(cls) -> Any:
@@ -29,14 +48,18 @@ class OnnxRuntimeBackend(Backend):
     def describe(cls, runtime: Any) -> str:
         return f"onnxruntime {runtime.__version__} ({', '.join(runtime.get_available_providers())})"
 
-    @staticmethod
-    def providers_available() -> List[str]:
-        return list(_ort().get_available_providers())
+    @classmethod
+    def build(cls, request: BuildRequest) -> BuildResult:
+        """The engine is an ONNX file: the U8S8 one for INT8, else the FP32 one."""
+        engine = request.int8_files[ONNXRUNTIME_U8S8] if request.precision == "int8" else request.fp32_onnx
+        record = cls.environment()
+        record.providers, record.session_options = list(cls.PROVIDERS), dict(cls.SESSION_OPTIONS)
+        return BuildResult(engine, record, io_onnx=engine,
+                           int8_engine_is="U8S8 Q/DQ ONNX for the ONNX Runtime CPU provider")
 
     @classmethod
-    def load_engine(cls, path: Path, manifest: Dict[str, Any], pipelined: bool = False) -> "OnnxRuntimeBackend":
-        b = manifest["backend"]
-        return cls(path, providers=b.get("providers"), session_options=b.get("session_options"), pipelined=pipelined)
+    def load(cls, path: Path, record: BackendRecord, pipelined: bool = False, max_batch: int = 1) -> "Backend":
+        return cls(path, providers=record.providers, session_options=record.session_options, pipelined=pipelined)
 
     def __init__(self, path: "str | Path", providers: Optional[List[str]] = None,
                  session_options: Optional[Dict[str, Any]] = None, pipelined: bool = False) -> None:
@@ -77,9 +100,9 @@ class OnnxRuntimeBackend(Backend):
     def outputs(self) -> List[TensorSpec]:
         return self._outputs
 
-    def infer(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
+    def infer(self, inputs: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
         feeds = {s.name: x for s, x in zip(self._inputs, inputs)}
         t0 = time.perf_counter_ns()
         outs = self.session.run(self._names, feeds)
         self._timing = Timing(host_ms=(time.perf_counter_ns() - t0) / 1e6)
-        return outs
+        return dict(zip(self._names, outs))

@@ -13,9 +13,18 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.runtime.backends.base import Backend, TensorSpec, Timing, runtime_module
+from edgekit.runtime.backends.base import (
+    TENSORRT_QDQ,
+    Backend,
+    BuildRequest,
+    BuildResult,
+    Capabilities,
+    TensorSpec,
+    Timing,
+    runtime_module,
+)
 from edgekit.runtime.backends.cuda_mem import CudaApi, open_cuda
-from edgekit.runtime.card import ModelCard
+from edgekit.runtime.manifest import BackendRecord
 
 
 def _trt() -> Any:
@@ -65,11 +74,11 @@ def _network_flags(trt: Any, strongly_typed: bool) -> int:
     return flags
 
 
-def _environment(trt: Any, cuda: Optional[CudaApi]) -> Dict[str, Any]:
-    env: Dict[str, Any] = {"name": "tensorrt", "version": trt.__version__}
+def _environment(trt: Any, cuda: Optional[CudaApi]) -> BackendRecord:
+    env = BackendRecord(name="tensorrt", version=trt.__version__)
     if cuda is not None:
-        env["gpu"], env["compute_capability"] = cuda.device_info()
-        env["cuda_binding"] = cuda.name
+        env.gpu, env.compute_capability = cuda.device_info()
+        env.cuda_binding = cuda.name
     return env
 
 
@@ -109,27 +118,15 @@ def _make_calibrator(trt: Any, tensors: Sequence[np.ndarray], cache: Path, cuda:
     return Calibrator()
 
 
-def build_serialized(
-    fp32_onnx: Path,
-    qdq_onnx: Optional[Path],
-    out: Path,
-    precision: str,
-    card: ModelCard,
-    calib_tensors: Optional[Sequence[np.ndarray]],
-    calib_cache: Optional[Path],
-    dla_core: Optional[int],
-    workspace_mb: int,
-    timing_cache: Optional[str],
-    sparsity: bool,
-    max_batch: int,
-    force_implicit: bool = False,
-) -> Dict[str, Any]:
-    """Build a serialized engine into `out`; returns the manifest's backend section.
+def build_serialized(request: BuildRequest, out: Path, force_implicit: bool = False) -> BackendRecord:
+    """Build a serialized engine into `out`; returns the manifest's backend record.
 
     INT8 builds from the symmetric Q/DQ ONNX (explicit quantization) except on DLA and TensorRT 8.x,
     which calibrate the FP32 ONNX implicitly (and keep a calibration cache): TensorRT must never get
     a calibration table for a Q/DQ model.
     """
+    r = request
+    precision, dla_core, max_batch = r.precision, r.dla_core, r.max_batch
     trt = _trt()
     cuda = open_cuda()
     log = _Logger(trt)
@@ -144,16 +141,19 @@ def build_serialized(
     # (recognized by having no strongly typed networks).
     pre_9 = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None) is None
     implicit_int8 = precision == "int8" and (dla_core is not None or pre_9 or force_implicit)
-    onnx_path = qdq_onnx if precision == "int8" and not implicit_int8 and qdq_onnx is not None else fp32_onnx
+    qdq_onnx = r.int8_files.get(TENSORRT_QDQ)
+    onnx_path = qdq_onnx if precision == "int8" and not implicit_int8 and qdq_onnx is not None else r.fp32_onnx
     if precision == "fp16" and strongly_typed:
-        onnx_path = _to_fp16_onnx(onnx_path, out.with_suffix(".fp16.onnx"))
+        if r.to_fp16_onnx is None:
+            raise EdgekitError("this TensorRT builds FP16 only from an FP16 ONNX, and no converter was given")
+        onnx_path = r.to_fp16_onnx(onnx_path, out.with_suffix(".fp16.onnx"))
     network = builder.create_network(_network_flags(trt, strongly_typed))
     parser = trt.OnnxParser(network, log.logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise EdgekitError(f"{onnx_path}: TensorRT cannot parse it: " + " | ".join(errors or [log.tail()]))
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, r.workspace_mb << 20)
     flags_used: List[str] = []
     if not strongly_typed:
         if precision in ("fp16", "int8"):
@@ -163,11 +163,11 @@ def build_serialized(
             config.set_flag(trt.BuilderFlag.INT8)  # 8.x/10.x need it to honour Q/DQ or to calibrate
             flags_used.append("INT8")
     if implicit_int8:
-        if calib_tensors is None or calib_cache is None:
+        if r.calib_tensors is None or r.calib_cache is None:
             raise EdgekitError("implicit INT8 calibration needs calibration images")
-        config.int8_calibrator = _make_calibrator(trt, calib_tensors, calib_cache, cuda)
+        config.int8_calibrator = _make_calibrator(trt, r.calib_tensors, r.calib_cache, cuda)
         flags_used.append("implicit-calibration")
-    if sparsity:
+    if r.sparsity:
         config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
         flags_used.append("SPARSE_WEIGHTS")
     if dla_core is not None:
@@ -176,6 +176,7 @@ def build_serialized(
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
         flags_used.append("GPU_FALLBACK")
     cache_obj = None
+    timing_cache = r.timing_cache
     if timing_cache:
         blob = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
         cache_obj = config.create_timing_cache(blob)
@@ -184,7 +185,7 @@ def build_serialized(
     if max_batch > 1 or any(d == -1 for d in network.get_input(0).shape):
         if dla_core is not None:
             raise EdgekitError("DLA needs static shapes: export without --dynamic-batch")
-        h, w = card.input_size
+        h, w = r.input_size
         profile = builder.create_optimization_profile()
         profile.set_shape(input_name, (1, 3, h, w), (max(1, max_batch // 2), 3, h, w), (max(1, max_batch), 3, h, w))
         config.add_optimization_profile(profile)
@@ -197,25 +198,18 @@ def build_serialized(
     write_bytes(out, bytes(blob))
     if timing_cache and cache_obj is not None:
         write_bytes(timing_cache, bytes(cache_obj.serialize()))
-    section = _environment(trt, cuda)
-    section.update({"strongly_typed": strongly_typed, "dla_core": dla_core, "builder_flags": flags_used,
-                    "build_seconds": round(time.perf_counter() - t0, 2),
-                    "calibration_cache": str(calib_cache) if implicit_int8 else None})
-    return section
-
-
-def _to_fp16_onnx(src: Path, dst: Path) -> Path:
-    """TensorRT 11: FP16 means an FP16 ONNX (inputs and outputs stay FP32)."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    onnx.save(model, str(dst))
-    return dst
+    record = _environment(trt, cuda)
+    record.strongly_typed, record.dla_core, record.builder_flags = strongly_typed, dla_core, flags_used
+    record.build_seconds = round(time.perf_counter() - t0, 2)
+    record.calibration_cache = str(r.calib_cache) if implicit_int8 else None
+    return record
 
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    label = "TensorRT"
+    capabilities = Capabilities(precisions=("fp32", "fp16", "int8"), dla=True, sparsity=True, timing_cache=True,
+                                file_suffix=".plan", device_label="gpu", int8_file=TENSORRT_QDQ)
 
     @classmethod
     def runtime(cls) -> Any:
@@ -226,22 +220,36 @@ class TensorRTBackend(Backend):
         gpu, cc = open_cuda().device_info()  # EdgekitError where no CUDA binding finds a GPU
         return f"TensorRT {runtime.__version__} on {gpu} (SM {cc})"
 
-    @staticmethod
-    def environment() -> Dict[str, Any]:
-        trt = _trt()
-        return _environment(trt, open_cuda())
+    @classmethod
+    def environment(cls) -> BackendRecord:
+        return _environment(_trt(), open_cuda())
 
-    @staticmethod
-    def dla_cores() -> int:
+    @classmethod
+    def how_to_install(cls, jetpack_major: Optional[int]) -> str:
+        if jetpack_major == 35:
+            return "sudo apt install python3-libnvinfer (JetPack 5: TensorRT 8.5 for the system Python 3.8)"
+        if jetpack_major is not None:
+            return "sudo apt install python3-libnvinfer (JetPack 6), in a venv made with --system-site-packages"
+        return "pip install 'tensorrt-cu12<11' on a machine with an NVIDIA GPU and its driver"
+
+    @classmethod
+    def dla_cores(cls) -> int:
         """DLA cores this device has (AGX Orin and Orin NX: 2; Orin Nano and desktop GPUs: 0)."""
         trt = _trt()
         return int(trt.Builder(_Logger(trt).logger).num_DLA_cores)
 
     @classmethod
-    def load_engine(cls, path: Path, manifest: Dict[str, Any], pipelined: bool = False) -> "TensorRTBackend":
-        return cls(path, dla_core=manifest["backend"].get("dla_core"))
+    def build(cls, request: BuildRequest) -> BuildResult:
+        engine = request.work / "engine.plan"
+        record = build_serialized(request, engine)
+        return BuildResult(engine, record, io_onnx=request.fp32_onnx,
+                           int8_engine_is="TensorRT engine built from the symmetric int8 Q/DQ ONNX")
 
-    def __init__(self, path: "str | Path", dla_core: Optional[int] = None) -> None:
+    @classmethod
+    def load(cls, path: Path, record: BackendRecord, pipelined: bool = False, max_batch: int = 1) -> "Backend":
+        return cls(path, dla_core=record.dla_core, max_batch=max_batch)
+
+    def __init__(self, path: "str | Path", dla_core: Optional[int] = None, max_batch: int = 1) -> None:
         trt = _trt()
         self.cuda = open_cuda()
         self.log = _Logger(trt)
@@ -264,6 +272,7 @@ class TensorRTBackend(Backend):
                 self._inputs.append(spec)
             else:
                 self._outputs.append(spec)
+        self._max_batch = max_batch
         self._device: Dict[str, Tuple[int, int]] = {}  # name -> (pointer, bytes)
         self._host_out: Dict[str, np.ndarray] = {}
         self._timing = Timing()
@@ -276,6 +285,10 @@ class TensorRTBackend(Backend):
     def outputs(self) -> List[TensorSpec]:
         return self._outputs
 
+    def batch_limit(self) -> Optional[int]:
+        static = super().batch_limit()
+        return static if static is not None else self._max_batch  # a dynamic axis up to the built profile's max
+
     def _buffer(self, name: str, nbytes: int) -> int:
         ptr, size = self._device.get(name, (0, 0))
         if size < nbytes:
@@ -286,7 +299,7 @@ class TensorRTBackend(Backend):
             self.context.set_tensor_address(name, ptr)
         return ptr
 
-    def infer(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
+    def infer(self, inputs: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
         t0 = time.perf_counter_ns()
         cuda, s, ev = self.cuda, self.stream, self.events
         cuda.record(ev[0], s)
@@ -317,7 +330,7 @@ class TensorRTBackend(Backend):
             device_ms=cuda.elapsed_ms(ev[1], ev[2]),
             d2h_ms=cuda.elapsed_ms(ev[2], ev[3]),
         )
-        return [o.copy() for o in outs]
+        return {spec.name: o.copy() for spec, o in zip(self._outputs, outs)}
 
     def close(self) -> None:
         for ptr, _ in self._device.values():

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.runtime import registry
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IGNORE_INDEX = 255
@@ -202,11 +203,8 @@ def load_segmentation(root: "str | Path", split: str) -> Dataset:
 
 
 def load(task: str, root: "str | Path", split: str, fmt: str = "auto") -> Dataset:
-    if task == "detection":
-        return load_detection(root, split, fmt)
-    if task == "segmentation":
-        return load_segmentation(root, split)
-    raise EdgekitError(f"unknown task '{task}'")
+    """The labelled dataset of a task (each task says how its labels are stored)."""
+    return registry.task(task).load_dataset(root, split, fmt)
 
 
 def read_image(path: Path) -> np.ndarray:

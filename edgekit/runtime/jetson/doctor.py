@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from edgekit import __version__
+from edgekit.runtime import backends
 
 SCHEMA = "edgekit.doctor/1"
 
@@ -68,7 +69,6 @@ def checks() -> List[Check]:
     out: List[Check] = []
     release = _probe(tegra.read_l4t_release)
     jetson = isinstance(release, tegra.L4TRelease)
-    on_jetpack5 = jetson and release.major == 35
     out.append(Check("system", "edgekit", True, f"{__version__} on Python {platform.python_version()} "
                                                f"({platform.machine()}, {platform.system()})"))
     if jetson:
@@ -103,18 +103,10 @@ def checks() -> List[Check]:
             out.append(Check("video", f"OpenCV {name}", bool(video.get(name)),
                              "built in" if video.get(name) else "not built in", "" if video.get(name) else fix))
 
-    from edgekit.runtime.backends import availability
-
-    if on_jetpack5:
-        trt_fix = "sudo apt install python3-libnvinfer (JetPack 5: TensorRT 8.5 for the system Python 3.8)"
-    elif jetson:
-        trt_fix = "sudo apt install python3-libnvinfer (JetPack 6), in a venv made with --system-site-packages"
-    else:
-        trt_fix = "pip install 'tensorrt-cu12<11' on a machine with an NVIDIA GPU and its driver"
-    hints = {"onnxruntime": "pip install 'edgekit[onnxruntime]'", "tensorrt": trt_fix,
-             "torch": "pip install 'edgekit[build]' (checkpoints, training, export; Python 3.10+)"}
-    for name, ok, why in _probe(lambda: availability(("tensorrt", "onnxruntime", "torch"))):
-        out.append(Check("backends", name, ok, why, "" if ok else hints[name]))
+    jetpack_major = release.major if jetson else None
+    for name, ok, why in _probe(lambda: backends.availability(backends.names())):
+        fix = "" if ok else backends.backend_class(name).how_to_install(jetpack_major)
+        out.append(Check("backends", name, ok, why, fix))
 
     bindings = {"cuda-python": _version("cuda-python") or _version("cuda-bindings"), "pycuda": _version("pycuda")}
     have = {k: v for k, v in bindings.items() if v}
@@ -144,12 +136,14 @@ def _gpu_check() -> Check:
 
 
 def _dla_check(jetson: bool) -> Check:
-    from edgekit.runtime.backends.tensorrt import TensorRTBackend
-
-    if not TensorRTBackend.available()[0]:
-        return Check("cuda", "DLA", False, "unknown (TensorRT and a GPU are needed to count DLA cores)",
+    builders = [backends.backend_class(n) for n in backends.names()]
+    with_dla = [b for b in builders if b.capabilities.dla]
+    usable = [b for b in with_dla if b.available()[0]]
+    if not usable:
+        needs = " or ".join(b.label for b in with_dla) or "a backend with DLA support"
+        return Check("cuda", "DLA", False, f"unknown ({needs} and a GPU are needed to count DLA cores)",
                      "AGX Orin and Orin NX have 2 DLA cores; Orin Nano has none" if jetson else "")
-    n = _probe(TensorRTBackend.dla_cores)
+    n = _probe(usable[0].dla_cores)
     if isinstance(n, ProbeFailed):
         return Check("cuda", "DLA", False, f"cannot count DLA cores: {n}")
     return Check("cuda", "DLA", n > 0, f"{n} DLA core{'s' if n != 1 else ''}" + (" (build with --dla-core N)"
@@ -159,7 +153,7 @@ def _dla_check(jetson: bool) -> Check:
 def report() -> Dict[str, Any]:
     from edgekit.runtime.manifest import host_environment
 
-    return {"schema": SCHEMA, "environment": host_environment(), "checks": [asdict(c) for c in checks()]}
+    return {"schema": SCHEMA, "environment": host_environment().to_dict(), "checks": [asdict(c) for c in checks()]}
 
 
 def text(r: Dict[str, Any]) -> str:

@@ -1,86 +1,75 @@
 """Task accuracy of any runner (PyTorch model, ONNX, engine) on a labelled dataset, through the exact
-runtime preprocessing and post-processing. Runtime side: NumPy/OpenCV only."""
+runtime preprocessing, decoding and the task's own metric. Runtime side: NumPy/OpenCV only."""
 
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Mapping
 
 import numpy as np
 
+from edgekit.runtime import registry
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.data import datasets
-from edgekit.runtime.measure.metrics import ConfusionMatrix, detection_map
+from edgekit.runtime.layouts.base import DecodeParams
 from edgekit.runtime.preprocess import Transform, preprocess
-from edgekit.runtime.tasks import detection, segmentation
 
-MAP_SCORE_THRESHOLD = 0.001  # COCO practice: rank everything, let the precision-recall curve decide
 SCHEMA = "edgekit.eval/1"
 
 
 def primary_metric(task: str) -> str:
-    """The figure variants are ranked by: COCO's mAP@0.5:0.95, or mIoU."""
-    return "mAP50_95" if task == "detection" else "mIoU"
+    """The figure variants are ranked by (COCO's mAP@0.5:0.95, mIoU, ...)."""
+    return registry.task(task).primary_metric
 
 
-def accuracy_text(task: str, m: Dict[str, Any], compact: bool = False) -> str:
+def accuracy_text(task: str, m: Mapping[str, Any], compact: bool = False) -> str:
     """'mAP@0.5 0.891, mAP@0.5:0.95 0.688' / 'mIoU 0.818'; compact (table cells): '0.891 / 0.688' / '0.818'."""
-    if task == "detection":
-        if compact:
-            return f"{m['mAP50']:.3f} / {m['mAP50_95']:.3f}"
-        return f"mAP@0.5 {m['mAP50']:.3f}, mAP@0.5:0.95 {m['mAP50_95']:.3f}"
-    return f"{m['mIoU']:.3f}" if compact else f"mIoU {m['mIoU']:.3f}"
+    return registry.task(task).accuracy_text(m, compact)
 
 
-class Accumulator:
-    """Collects one image at a time (raw output without batch axis + its transform + ground truth)."""
+class Scorer:
+    """One image at a time: raw outputs by name (batch axis first) + the transform + the ground truth."""
 
     def __init__(self, card: ModelCard) -> None:
         self.card = card
-        self.preds: List[Dict[str, np.ndarray]] = []
-        self.gts: List[Dict[str, np.ndarray]] = []
-        self.cm = ConfusionMatrix(card.num_classes)
+        self.task = registry.task(card.task)
+        self.layout = registry.layout(card.output_layout)
+        self.params = DecodeParams.of(card, self.task.eval_score_threshold)
+        self.accuracy = self.task.accuracy(card)
         self.images = 0
 
-    def add(self, output: np.ndarray, tf: Transform, boxes: np.ndarray, classes: np.ndarray,
-            mask: Optional[np.ndarray]) -> None:
+    def add(self, outputs: Mapping[str, np.ndarray], tf: Transform, truth: Mapping[str, Any], index: int = 0) -> None:
         self.images += 1
-        if self.card.task == "detection":
-            d = detection.decode(output, MAP_SCORE_THRESHOLD, self.card.iou_threshold, self.card.max_detections)
-            self.preds.append({"boxes": tf.boxes_to_source(d.boxes), "scores": d.scores, "classes": d.classes})
-            self.gts.append({"boxes": boxes, "classes": classes})
-        else:
-            assert mask is not None
-            self.cm.update(segmentation.to_frame(segmentation.class_map(output), tf), mask)
+        one = {name: out[index] for name, out in outputs.items()}
+        self.accuracy.add(self.layout.decode(one, tf, self.card, self.params), truth)
 
     def result(self) -> Dict[str, Any]:
-        out: Dict[str, Any] = {"images": self.images}
-        if self.card.task == "detection":
-            out.update(detection_map(self.preds, self.gts, self.card.num_classes))
-        else:
-            out.update(self.cm.summary(self.card.classes))
-        return out
+        return {"images": self.images, **self.accuracy.summary()}
 
 
-def evaluate(predict: Callable[[np.ndarray], np.ndarray], card: ModelCard, ds: datasets.Dataset,
+def truth_of(sample: Any) -> Dict[str, Any]:
+    """A dataset sample (image, boxes, classes, mask) as the tasks' ground truth."""
+    _img, boxes, classes, mask = sample
+    return {"boxes": boxes, "classes": classes, "mask": mask}
+
+
+def evaluate(predict: Callable[[np.ndarray], Mapping[str, np.ndarray]], card: ModelCard, ds: datasets.Dataset,
              limit: int = 0) -> Dict[str, Any]:
-    """`predict` maps one preprocessed [1, 3, H, W] tensor to the model's raw output [1, ...]."""
+    """`predict` maps one preprocessed [1, 3, H, W] tensor to the model's raw outputs by name."""
     datasets.check_classes(ds, card.classes, "model")
-    acc = Accumulator(card)
+    scorer = Scorer(card)
     n = len(ds) if not limit else min(limit, len(ds))
     for i in range(n):
-        img, boxes, classes, mask = datasets.load_sample(ds, i)
-        x, tf = preprocess(img, card)
-        acc.add(predict(x)[0], tf, boxes, classes, mask)
-    return acc.result()
+        sample = datasets.load_sample(ds, i)
+        x, tf = preprocess(sample[0], card)
+        scorer.add(predict(x), tf, truth_of(sample))
+    return scorer.result()
 
 
 def markdown(r: Dict[str, Any]) -> str:
-    """The eval report: the artifact, the data, the accuracy and, for segmentation, IoU per class."""
+    """The eval report: the artifact, the data, the accuracy and the task's details (IoU per class, ...)."""
     m = r["metrics"]
+    task = registry.task(r["task"])
     lines = [f"# Accuracy: {r['artifact']}", "",
              f"- model: {r['model']} ({r['task']}); backend {r['backend']['name']}; precision {r['precision']}",
              f"- data: {r['data']} split '{r['split']}' ({m['images']} images)",
-             f"- **{accuracy_text(r['task'], m)}**"]
-    if r["task"] == "segmentation":
-        lines += ["", "| class | IoU |", "|---|---:|"]
-        lines += [f"| {c} | {'–' if v is None else f'{v:.3f}'} |" for c, v in m["per_class_iou"].items()]
-        lines.append(f"\npixel accuracy {m['pixel_accuracy']:.3f}")
+             f"- **{task.accuracy_text(m)}**"]
+    lines += task.accuracy_details(m)
     return "\n".join(lines) + "\n"

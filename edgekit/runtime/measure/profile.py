@@ -15,7 +15,9 @@ from edgekit.errors import EdgekitError
 from edgekit.runtime.backends import Backend
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.jetson import power
+from edgekit.runtime.manifest import BackendRecord, host_environment
 from edgekit.runtime.measure.stats import summarize
+from edgekit.runtime.opening import Opened
 
 SCHEMA = "edgekit.profile/1"
 # trtexec calls a GPU unstable when the compute-time CV exceeds 1%; host-only timings on a CPU are noisier.
@@ -46,7 +48,8 @@ class Subject:
     label: str
     backend: Backend
     card: ModelCard
-    described: Dict[str, Any]
+    record: BackendRecord  # what runs it, as reports show it
+    precision: Optional[str] = None
     artifact: str = ""
     inputs: List[np.ndarray] = field(default_factory=list)
     host_ms: List[float] = field(default_factory=list)
@@ -56,16 +59,10 @@ class Subject:
     seconds: float = 0.0
 
 
-def max_batch(backend: Backend, described: Dict[str, Any]) -> Optional[int]:
-    """The largest batch the engine takes; None where any batch goes (a checkpoint)."""
-    if described["backend"]["name"] == "torch":
-        return None
-    first = backend.inputs[0].shape[0] if backend.inputs and backend.inputs[0].shape else 1
-    if isinstance(first, int) and first > 0:
-        return first
-    if described["backend"]["name"] == "onnxruntime":
-        return None  # a dynamic batch axis takes any batch
-    return int(described.get("build", {}).get("flags", {}).get("max_batch") or 1)
+def of(opened: Opened, label: str = "") -> Subject:
+    """A subject for an opened engine, ONNX or checkpoint."""
+    return Subject(label or opened.path.name, opened.backend, opened.card, opened.record, opened.precision,
+                   str(opened.path))
 
 
 def example_input(card: ModelCard, batch: int) -> np.ndarray:
@@ -79,7 +76,7 @@ def example_input(card: ModelCard, batch: int) -> np.ndarray:
 
 
 def prepare(subject: Subject, batch: int) -> None:
-    limit = max_batch(subject.backend, subject.described)
+    limit = subject.backend.batch_limit()
     if limit is not None and batch > limit:
         where = subject.artifact or subject.label
         if limit == 1:
@@ -134,8 +131,8 @@ def result(s: Subject, opts: ProfileOptions) -> Dict[str, Any]:
         "artifact": s.artifact,
         "model": s.card.name,
         "task": s.card.task,
-        "backend": s.described["backend"],
-        "precision": s.described.get("precision"),
+        "backend": s.record.to_dict(),
+        "precision": s.precision,
         "batch": opts.batch,
         "iterations": n,
         "seconds": s.seconds,
@@ -168,9 +165,7 @@ def profile(subject: Subject, opts: ProfileOptions) -> Dict[str, Any]:
     if used and used.get("throttling"):
         r["warnings"].append("throttling during the run: " + "; ".join(used["throttling"]))
     r["jetson"] = power.jetson_state()
-    from edgekit.runtime.manifest import host_environment
-
-    r["environment"] = host_environment()
+    r["environment"] = host_environment().to_dict()
     return r
 
 

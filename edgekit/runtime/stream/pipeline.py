@@ -14,9 +14,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from edgekit.runtime.backends import Backend
-from edgekit.runtime.card import ModelCard
-from edgekit.runtime.preprocess import Transform, preprocess
+from edgekit.runtime.api import Model
+from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.stream.sources import Source
 
 STAGES = ("capture", "preprocess", "infer", "postprocess", "sink")
@@ -31,7 +30,7 @@ class Frame:
     truth: Optional[Dict[str, Any]] = None
     tensor: Optional[np.ndarray] = None
     transform: Optional[Transform] = None
-    output: Optional[np.ndarray] = None
+    output: Optional[Dict[str, np.ndarray]] = None  # raw outputs by name
     result: Any = None
     t: Dict[str, int] = field(default_factory=dict)  # "<stage>_start"/"<stage>_end" -> monotonic ns
     device_ms: Optional[float] = None
@@ -45,15 +44,13 @@ class Counters:
 
 
 class Pipeline:
-    """Runs one source through one backend; `postprocess(frame)` and the sinks' `write(frame)` are the
-    task-specific parts. Collects per-frame timings for the report."""
+    """Runs one source through one model (preprocess, infer and decode are the model's calls) into the
+    sinks' `write(frame)`. Collects per-frame timings for the report."""
 
-    def __init__(self, source: Source, backend: Backend, card: ModelCard,
-                 postprocess: Callable[[Frame], Any], sinks: List[Any], queue_size: int = 4,
+    def __init__(self, source: Source, model: Model, sinks: List[Any], queue_size: int = 4,
                  max_frames: int = 0, duration_s: float = 0.0,
                  on_frame: Optional[Callable[["Pipeline", Frame], None]] = None) -> None:
-        self.source, self.backend, self.card = source, backend, card
-        self.postprocess, self.sinks = postprocess, sinks
+        self.source, self.model, self.sinks = source, model, sinks
         self.max_frames, self.duration_s = max_frames, duration_s
         self.on_frame = on_frame
         self.live = source.info.live
@@ -166,16 +163,17 @@ class Pipeline:
 
     # --- work of each stage -----------------------------------------------------------------
     def _preprocess(self, f: Frame) -> None:
-        f.tensor, f.transform = preprocess(f.image, self.card)
+        f.tensor, f.transform = self.model.preprocess(f.image)
 
     def _infer(self, f: Frame) -> None:
         assert f.tensor is not None
-        f.output = self.backend.infer([f.tensor])[0]
-        f.device_ms = self.backend.last_timing.device_ms
-        f.tensor = None  # free it early: only the output travels on
+        f.output = self.model.infer(f.tensor)
+        f.device_ms = self.model.last_timing.device_ms
+        f.tensor = None  # free it early: only the outputs travel on
 
     def _post(self, f: Frame) -> None:
-        f.result = self.postprocess(f)
+        assert f.output is not None and f.transform is not None
+        f.result = self.model.decode(f.output, f.transform)
         f.output = None
 
     def _sink(self, f: Frame) -> None:

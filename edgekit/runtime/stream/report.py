@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from edgekit.runtime import registry
 from edgekit.runtime.artifacts import write_json, write_text
 from edgekit.runtime.jetson.power import markdown_lines as power_lines
 from edgekit.runtime.measure.stats import summarize
@@ -67,8 +68,7 @@ def markdown(r: Dict[str, Any]) -> str:
         lines.append(f"- error: {r['error']}")
     acc = r.get("accuracy")
     if acc:
-        text = (f"precision {acc['precision']:.3f}, recall {acc['recall']:.3f} (IoU >= 0.5, same class)"
-                if "precision" in acc else f"mIoU {acc['mIoU']:.3f}")
+        text = registry.task(r["engine"]["task"]).stream_accuracy_text(acc)
         lines.append(f"- accuracy against the source's ground truth: {text}")
     lines += power_lines(r.get("power"), r.get("jetson"))
     lines += ["", "| latency (ms) | p50 | p90 | p99 | max | mean | CV |", "|---|---:|---:|---:|---:|---:|---:|"]

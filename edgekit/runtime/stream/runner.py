@@ -13,16 +13,15 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.runtime.api import Model
 from edgekit.runtime.artifacts import ensure_writable_dir
-from edgekit.runtime.card import ModelCard
 from edgekit.runtime.jetson import power
+from edgekit.runtime.manifest import host_environment
 from edgekit.runtime.opening import open_model
 from edgekit.runtime.stream import report as report_mod
 from edgekit.runtime.stream.pipeline import Frame, Pipeline
 from edgekit.runtime.stream.sinks import JsonlSink, VideoSink, WindowSink
 from edgekit.runtime.stream.sources import open_source
-from edgekit.runtime.tasks import detection, segmentation
-from edgekit.runtime.tasks.agreement import box_iou
 
 
 @dataclass
@@ -46,68 +45,21 @@ class StreamOptions:
     power: bool = True  # sample tegrastats on a Jetson
 
 
-class TruthScore:
-    """Accuracy against a synthetic source's ground truth: detection precision/recall at IoU 0.5,
-    segmentation IoU per class."""
+class TruthSink:
+    """Accuracy against the source's per-frame ground truth, by the task's stream measure."""
 
-    def __init__(self, card: ModelCard) -> None:
-        self.card = card
-        self.tp = self.fp = self.fn = 0
-        from edgekit.runtime.measure.metrics import ConfusionMatrix
-
-        self.cm = ConfusionMatrix(card.num_classes)
+    def __init__(self, model: Model) -> None:
+        self.accuracy = model.task.stream_accuracy(model.card)
 
     def write(self, f: Frame) -> None:
-        if f.truth is None:
-            return
-        if self.card.task == "detection":
-            if "boxes" not in f.truth:
-                return
-            gt_boxes = np.asarray(f.truth["boxes"], np.float32).reshape(-1, 4)
-            gt_cls = np.asarray(f.truth["classes"], np.int64)
-            d = f.result
-            matched = 0
-            if len(d) and len(gt_boxes):
-                ious = box_iou(d.boxes, gt_boxes)
-                ious[d.classes[:, None] != gt_cls[None, :]] = 0
-                for i in np.argsort(-d.scores):
-                    j = int(np.argmax(ious[i]))
-                    if ious[i, j] >= 0.5:
-                        ious[:, j] = 0
-                        matched += 1
-            self.tp += matched
-            self.fp += len(d) - matched
-            self.fn += len(gt_boxes) - matched
-        elif "mask" in f.truth:
-            self.cm.update(f.result["classes"], f.truth["mask"])
+        if f.truth is not None:
+            self.accuracy.add(f.result, f.truth)
 
     def close(self) -> None:
         pass
 
     def summary(self) -> Dict[str, Any]:
-        if self.card.task == "detection":
-            return {"precision": self.tp / max(1, self.tp + self.fp), "recall": self.tp / max(1, self.tp + self.fn),
-                    "true_positives": self.tp, "false_positives": self.fp, "false_negatives": self.fn}
-        return self.cm.summary(self.card.classes)
-
-
-def make_postprocess(card: ModelCard, opts: StreamOptions):
-    score = card.score_threshold if opts.score_threshold is None else opts.score_threshold
-    iou = card.iou_threshold if opts.iou_threshold is None else opts.iou_threshold
-    if card.task == "detection":
-        def post_det(f: Frame) -> detection.Detections:
-            assert f.output is not None and f.transform is not None
-            d = detection.decode(f.output[0], score, iou, card.max_detections)
-            d.boxes = f.transform.boxes_to_source(d.boxes)
-            return d
-        return post_det
-
-    def post_seg(f: Frame) -> Dict[str, Any]:
-        assert f.output is not None and f.transform is not None
-        classes = segmentation.to_frame(segmentation.class_map(f.output[0]), f.transform)
-        share = np.bincount(classes.ravel(), minlength=card.num_classes) / classes.size
-        return {"classes": classes, "pixel_share": {n: round(float(s), 4) for n, s in zip(card.classes, share)}}
-    return post_seg
+        return self.accuracy.summary()
 
 
 class Progress:
@@ -140,22 +92,27 @@ class Progress:
 def run_stream(engine: "str | Path", source_uri: str, opts: StreamOptions) -> Dict[str, Any]:
     engine = Path(engine)
     out = ensure_writable_dir(opts.out)
-    backend, manifest, card = open_model(engine, pipelined=True, task=opts.task)
-    source = open_source(source_uri, loop=opts.loop, timeout_s=opts.timeout, reconnect=opts.reconnect,
-                         rtsp_transport=opts.rtsp_transport, rtsp_latency_ms=opts.rtsp_latency_ms)
+    opened = open_model(engine, pipelined=True, task=opts.task)
+    model = Model(opened, opts.score_threshold, opts.iou_threshold)
+    try:
+        source = open_source(source_uri, loop=opts.loop, timeout_s=opts.timeout, reconnect=opts.reconnect,
+                             rtsp_transport=opts.rtsp_transport, rtsp_latency_ms=opts.rtsp_latency_ms)
+    except BaseException:
+        model.close()
+        raise
     sinks: List[Any] = []
-    truth = TruthScore(card) if source.has_truth else None
+    truth = TruthSink(model) if source.has_truth else None
     if truth is not None:
         sinks.append(truth)
     if opts.save_video:
-        sinks.append(VideoSink(out / "annotated.mp4", card, source.info.fps))
+        sinks.append(VideoSink(out / "annotated.mp4", model, source.info.fps))
     if opts.jsonl:
-        sinks.append(JsonlSink(out / "results.jsonl", card))
+        sinks.append(JsonlSink(out / "results.jsonl", model))
     if opts.show:
-        sinks.append(WindowSink(card))
+        sinks.append(WindowSink(model))
     progress = Progress(opts.progress)
-    pipeline = Pipeline(source, backend, card, make_postprocess(card, opts), sinks, queue_size=opts.queue_size,
-                        max_frames=opts.max_frames, duration_s=opts.duration, on_frame=progress)
+    pipeline = Pipeline(source, model, sinks, queue_size=opts.queue_size, max_frames=opts.max_frames,
+                        duration_s=opts.duration, on_frame=progress)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, lambda *_: pipeline.stop("terminated (SIGTERM)"))
@@ -170,17 +127,16 @@ def run_stream(engine: "str | Path", source_uri: str, opts: StreamOptions) -> Di
         for s in sinks:
             with contextlib.suppress(OSError):
                 s.close()
-        backend.close()
+        model.close()
+    card = model.card
     extra = {
-        "engine": {"path": str(engine), "backend": manifest["backend"]["name"],
-                   "precision": manifest.get("precision"), "model": card.name, "task": card.task},
+        "engine": {"path": str(engine), "backend": opened.record.name, "precision": opened.precision,
+                   "model": card.name, "task": card.task},
         "accuracy": truth.summary() if truth is not None else None,
         "outputs": {"video": str(out / "annotated.mp4") if opts.save_video else None,
                     "jsonl": str(out / "results.jsonl") if opts.jsonl else None},
     }
-    from edgekit.runtime.manifest import host_environment
-
-    extra["environment"] = host_environment()
+    extra["environment"] = host_environment().to_dict()
     extra["power"] = used_power
     extra["jetson"] = power.jetson_state()
     rep = report_mod.write(pipeline, out, extra)

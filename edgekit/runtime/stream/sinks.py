@@ -11,22 +11,12 @@ import cv2
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.runtime.card import ModelCard
-from edgekit.runtime.stream import draw
+from edgekit.runtime import draw
+from edgekit.runtime.api import Model
 
 
-def result_json(frame: Any, card: ModelCard) -> Dict[str, Any]:
-    r = frame.result
-    row: Dict[str, Any] = {"frame": frame.index, "t_capture_ns": frame.t_capture}
-    if card.task == "detection":
-        row["detections"] = [
-            {"class": card.classes[int(c)], "class_id": int(c), "score": round(float(s), 4),
-             "box": [round(float(v), 1) for v in b]}
-            for b, s, c in zip(r.boxes, r.scores, r.classes)
-        ]
-    else:
-        row["pixel_share"] = r["pixel_share"]
-    return row
+def result_json(frame: Any, model: Model) -> Dict[str, Any]:
+    return {"frame": frame.index, "t_capture_ns": frame.t_capture, **model.to_json(frame.result)}
 
 
 class _Rate:
@@ -43,24 +33,21 @@ class _Rate:
         return f"{fps:5.1f} FPS  latency {np.mean(self.lat):6.1f} ms  frame {frame.index}"
 
 
-def annotate(frame: Any, card: ModelCard, status: str) -> np.ndarray:
+def annotate(frame: Any, model: Model, status: str) -> np.ndarray:
     img = frame.image.copy()
-    if card.task == "detection":
-        draw.draw_detections(img, frame.result, card.classes)
-    else:
-        draw.overlay_mask(img, frame.result["classes"], card.num_classes)
+    model.draw(img, frame.result)
     draw.draw_status(img, status)
     return img
 
 
 class VideoSink:
-    def __init__(self, path: Path, card: ModelCard, fps: float) -> None:
-        self.path, self.card, self.fps = path, card, fps or 30.0
+    def __init__(self, path: Path, model: Model, fps: float) -> None:
+        self.path, self.model, self.fps = path, model, fps or 30.0
         self.writer: Optional[Any] = None
         self.rate = _Rate()
 
     def write(self, frame: Any) -> None:
-        img = annotate(frame, self.card, self.rate.update(frame, time.monotonic_ns()))
+        img = annotate(frame, self.model, self.rate.update(frame, time.monotonic_ns()))
         if self.writer is None:
             h, w = img.shape[:2]
             self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
@@ -75,26 +62,26 @@ class VideoSink:
 
 
 class JsonlSink:
-    def __init__(self, path: Path, card: ModelCard) -> None:
-        self.card = card
+    def __init__(self, path: Path, model: Model) -> None:
+        self.model = model
         self.path = path
         self.f = open(path, "w", encoding="utf-8")  # noqa: SIM115  (open for the whole stream; close() ends it)
 
     def write(self, frame: Any) -> None:
-        self.f.write(json.dumps(result_json(frame, self.card)) + "\n")
+        self.f.write(json.dumps(result_json(frame, self.model)) + "\n")
 
     def close(self) -> None:
         self.f.close()
 
 
 class WindowSink:
-    def __init__(self, card: ModelCard, title: str = "edgekit") -> None:
+    def __init__(self, model: Model, title: str = "edgekit") -> None:
         if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
             raise EdgekitError("--show needs a display (DISPLAY is not set)")
-        self.card, self.title, self.rate = card, title, _Rate()
+        self.model, self.title, self.rate = model, title, _Rate()
 
     def write(self, frame: Any) -> None:
-        cv2.imshow(self.title, annotate(frame, self.card, self.rate.update(frame, time.monotonic_ns())))
+        cv2.imshow(self.title, annotate(frame, self.model, self.rate.update(frame, time.monotonic_ns())))
         cv2.waitKey(1)
 
     def close(self) -> None:

@@ -1,16 +1,28 @@
-"""Segmentation post-processing: logits or class map at model resolution -> class per frame pixel."""
+"""Semantic segmentation: a result is a class per frame pixel; accuracy is mIoU with per-class IoU, INT8
+agreement the share of pixels given the same class."""
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping
 
 import cv2
 import numpy as np
 
+from edgekit.runtime import draw
+from edgekit.runtime.card import ModelCard
+from edgekit.runtime.data import datasets
+from edgekit.runtime.measure.metrics import ConfusionMatrix
 from edgekit.runtime.preprocess import Transform
+from edgekit.runtime.registry import register_task
+from edgekit.runtime.tasks.base import Accuracy, Task, Truth
 
 
-def class_map(output: np.ndarray) -> np.ndarray:
-    """One image's output [C, H, W] logits (or an [H, W] class map) -> uint8 class map at model size."""
-    if output.ndim == 2:
-        return output.astype(np.uint8)
-    return output.argmax(0).astype(np.uint8)
+@dataclass
+class ClassMap:
+    classes: np.ndarray  # HxW uint8 class index per frame pixel
+
+    def pixel_share(self, names: List[str]) -> Dict[str, float]:
+        share = np.bincount(self.classes.ravel(), minlength=len(names)) / self.classes.size
+        return {n: round(float(s), 4) for n, s in zip(names, share)}
 
 
 def to_frame(classes: np.ndarray, transform: Transform) -> np.ndarray:
@@ -18,3 +30,49 @@ def to_frame(classes: np.ndarray, transform: Transform) -> np.ndarray:
     h, w = classes.shape
     x0, y0, x1, y1 = transform.valid_region(w, h)
     return cv2.resize(classes[y0:y1, x0:x1], (transform.src_w, transform.src_h), interpolation=cv2.INTER_NEAREST)
+
+
+class MeanIoU(Accuracy):
+    def __init__(self, card: ModelCard) -> None:
+        self.names = list(card.classes)
+        self.cm = ConfusionMatrix(card.num_classes)
+
+    def add(self, result: ClassMap, truth: Truth) -> None:
+        if truth.get("mask") is not None:
+            self.cm.update(result.classes, truth["mask"])
+
+    def summary(self) -> Dict[str, Any]:
+        return self.cm.summary(self.names)
+
+
+@register_task
+class Segmentation(Task):
+    name = "segmentation"
+    description = "a class for every pixel"
+    metric_label = "mIoU"
+    primary_metric = "mIoU"
+    agreement_key = "pixel_agreement"
+
+    def load_dataset(self, root: Any, split: str, fmt: str = "auto") -> datasets.Dataset:
+        return datasets.load_segmentation(root, split)
+
+    def draw(self, image: np.ndarray, result: ClassMap, card: ModelCard) -> None:
+        draw.overlay_mask(image, result.classes, card.num_classes)
+
+    def to_json(self, result: ClassMap, card: ModelCard) -> Dict[str, Any]:
+        return {"pixel_share": result.pixel_share(card.classes)}
+
+    def accuracy(self, card: ModelCard) -> Accuracy:
+        return MeanIoU(card)
+
+    def agreement(self, reference: ClassMap, other: ClassMap) -> float:
+        return float((reference.classes == other.classes).mean())
+
+    def accuracy_text(self, metrics: Mapping[str, Any], compact: bool = False) -> str:
+        return f"{metrics['mIoU']:.3f}" if compact else f"mIoU {metrics['mIoU']:.3f}"
+
+    def accuracy_details(self, metrics: Mapping[str, Any]) -> List[str]:
+        lines = ["", "| class | IoU |", "|---|---:|"]
+        lines += [f"| {c} | {'–' if v is None else f'{v:.3f}'} |" for c, v in metrics["per_class_iou"].items()]
+        lines.append(f"\npixel accuracy {metrics['pixel_accuracy']:.3f}")
+        return lines

@@ -1,12 +1,10 @@
-"""Annotation for the video/window sinks: boxes with labels and scores, or a colour mask overlay,
-and a line with the stream's FPS and latency."""
+"""Drawing primitives for the tasks and the video/window sinks: labelled boxes, a colour mask overlay, and a
+status line with the stream's FPS and latency."""
 
 from typing import Sequence
 
 import cv2
 import numpy as np
-
-from edgekit.runtime.tasks.detection import Detections
 
 
 def palette(n: int) -> np.ndarray:
@@ -16,12 +14,13 @@ def palette(n: int) -> np.ndarray:
     return colours
 
 
-def draw_detections(img: np.ndarray, d: Detections, classes: Sequence[str]) -> None:
-    colours = palette(len(classes))
-    for (x1, y1, x2, y2), s, c in zip(d.boxes.astype(int), d.scores, d.classes):
+def draw_boxes(img: np.ndarray, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
+               names: Sequence[str]) -> None:
+    colours = palette(len(names))
+    for (x1, y1, x2, y2), s, c in zip(boxes.astype(int), scores, classes):
         colour = tuple(int(v) for v in colours[c])
         cv2.rectangle(img, (x1, y1), (x2, y2), colour, 2)
-        label = f"{classes[c]} {s:.2f}"
+        label = f"{names[c]} {s:.2f}"
         (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
         cv2.rectangle(img, (x1, max(0, y1 - th - 4)), (x1 + tw + 2, y1), colour, -1)
         cv2.putText(img, label, (x1 + 1, y1 - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)

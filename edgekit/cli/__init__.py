@@ -1,0 +1,92 @@
+"""The `edgekit` command line: one module per verb (edgekit/cli/<verb>.py) that declares its arguments and
+imports what it runs only when it runs, so the runtime-side verbs never pull in torch and a missing optional
+package fails as one line. User errors print one line and exit 1; usage errors exit 2."""
+
+import argparse
+import sys
+from typing import Callable, List, Optional, Sequence
+
+from edgekit import __version__
+from edgekit.cli import (
+    build_engine,
+    calib_set,
+    data,
+    demo,
+    doctor,
+    export,
+    layouts,
+    models,
+    profile,
+    prune,
+    run_stream,
+    sweep,
+    train,
+)
+from edgekit.cli import eval as eval_verb
+from edgekit.errors import EdgekitError, MissingDependency
+
+# In the order `edgekit --help` lists them.
+VERBS = (data, train, prune, export, build_engine, calib_set, run_stream, profile, eval_verb, sweep, doctor, demo,
+         models, layouts)
+
+# import name -> (package to install, edgekit extra that brings it)
+OPTIONAL_MODULES = {
+    "torch": ("torch", "build"),
+    "onnx": ("onnx", "build"),
+    "onnxslim": ("onnxslim", "build"),
+    "safetensors": ("safetensors", "build"),
+    "torch_pruning": ("torch-pruning", "build"),
+    "yaml": ("pyyaml", "build"),
+    "faster_coco_eval": ("faster-coco-eval", "eval"),
+    "onnxruntime": ("onnxruntime", "onnxruntime"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Global flags, accepted before the verb and after it (`edgekit run-stream ... --debug`).
+    global_flags = argparse.ArgumentParser(add_help=False)
+    global_flags.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                              help="show the full traceback on errors")
+    p = argparse.ArgumentParser(
+        prog="edgekit", parents=[global_flags],
+        description="From a trained PyTorch vision model to a measured real-time stream on NVIDIA Jetson.",
+    )
+    p.add_argument("--version", action="version", version=f"edgekit {__version__}")
+    p.set_defaults(help_of=p)  # (not debug: the --debug action is shared with every verb's parser)
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    for verb in VERBS:
+        verb.add(sub, [global_flags])
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Optional[Callable[[argparse.Namespace], int]] = getattr(args, "func", None)
+    if func is None:  # `edgekit` or `edgekit data` alone: show the relevant help
+        args.help_of.print_help()
+        return 2
+    try:
+        try:
+            return func(args)
+        except ModuleNotFoundError as e:  # an optional dependency this verb needs is not installed
+            top = (e.name or "").split(".")[0]
+            if top not in OPTIONAL_MODULES:
+                raise
+            raise MissingDependency(*OPTIONAL_MODULES[top]) from e
+    except EdgekitError as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"edgekit: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("edgekit: interrupted", file=sys.stderr)
+        return 130
+
+
+def run(argv: Optional[List[str]] = None) -> None:
+    sys.exit(main(argv))
+
+
+if __name__ == "__main__":
+    run()

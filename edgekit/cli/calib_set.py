@@ -1,0 +1,41 @@
+"""`edgekit calib-set`: calibration frames picked from a video."""
+
+import argparse
+from typing import List
+
+from edgekit.cli.common import add_out
+
+
+def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    cs = sub.add_parser(
+        "calib-set", help="pick calibration frames from a video (spread over time and scene changes)",
+        parents=parents,
+        description="Pick N frames from a video for INT8 calibration: half evenly spread over time, half at the "
+                    "largest scene changes, written as JPEG files to a folder.",
+    )
+    cs.add_argument("video")
+    cs.add_argument("-n", type=int, default=500, help="frames to pick (default 500)")
+    add_out(cs, what="folder to write (must not exist unless --overwrite)")
+    cs.add_argument("--overwrite", action="store_true")
+    cs.set_defaults(func=run)
+    return cs
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import cv2
+
+    from edgekit.errors import EdgekitError
+    from edgekit.runtime.artifacts import atomic_dir
+    from edgekit.runtime.calibration import select_from_video
+
+    video = Path(args.video)
+    if not video.is_file():
+        raise EdgekitError(f"{video}: video not found")
+    indices, frames = select_from_video(video, args.n)
+    with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
+        for i, f in zip(indices, frames):
+            cv2.imwrite(str(tmp / f"frame_{i:06d}.jpg"), f, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    print(f"wrote {len(frames)} frames of {video} to {args.out}")
+    return 0

@@ -1,0 +1,58 @@
+"""`edgekit run-stream`: an engine on a video stream, with latency per stage."""
+
+import argparse
+from typing import List
+
+from edgekit.cli.common import add_out, add_task_filter
+
+
+def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    rs = sub.add_parser(
+        "run-stream", help="run an engine on a video stream and report latency per stage", parents=parents,
+        description="Run an engine on a stream: a video file, an image folder, a camera index or /dev/videoN, "
+                    "csi://N, rtsp://... or synthetic://?size=640x480&fps=30. One thread per stage; live "
+                    "sources drop the oldest frame when behind (counted), files lose none. Writes "
+                    "report.json/.md, latency plots, annotated.mp4 and results.jsonl to --out.",
+    )
+    rs.add_argument("engine", help="engine from build-engine (or an ONNX from edgekit export)")
+    rs.add_argument("source", help="video file, image folder, camera index, /dev/videoN, csi://N, rtsp://..., "
+                                   "synthetic://")
+    add_out(rs, "runs/stream")
+    add_task_filter(rs)
+    rs.add_argument("--max-frames", type=int, default=0)
+    rs.add_argument("--duration", type=float, default=0.0, metavar="SECONDS")
+    rs.add_argument("--loop", action="store_true", help="loop a video file or image folder")
+    rs.add_argument("--score-threshold", type=float, help="override the card's score threshold")
+    rs.add_argument("--iou-threshold", type=float, help="override the card's NMS IoU threshold")
+    rs.add_argument("--no-video", action="store_true", help="do not write annotated.mp4")
+    rs.add_argument("--no-jsonl", action="store_true", help="do not write results.jsonl")
+    rs.add_argument("--show", action="store_true", help="show a window (needs a display)")
+    rs.add_argument("--queue-size", type=int, default=4, help="frames each queue holds (default 4)")
+    rs.add_argument("--timeout", type=float, default=5.0, help="seconds without frames before a reconnect")
+    rs.add_argument("--reconnect", type=int, default=3, help="reconnect attempts for a network stream")
+    rs.add_argument("--rtsp-transport", default="tcp", choices=("tcp", "udp"))
+    rs.add_argument("--rtsp-latency", type=int, default=200, metavar="MS", help="RTSP jitter buffer (default 200)")
+    rs.add_argument("--no-power", action="store_true", help="do not sample tegrastats on a Jetson")
+    rs.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
+    rs.set_defaults(func=run)
+    return rs
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgekit.runtime.stream.report import markdown
+    from edgekit.runtime.stream.runner import StreamOptions, run_stream
+
+    opts = StreamOptions(
+        out=args.out, task=args.task, save_video=not args.no_video, jsonl=not args.no_jsonl, show=args.show,
+        max_frames=args.max_frames, duration=args.duration, loop=args.loop, score_threshold=args.score_threshold,
+        iou_threshold=args.iou_threshold, queue_size=args.queue_size, timeout=args.timeout, reconnect=args.reconnect,
+        rtsp_transport=args.rtsp_transport, rtsp_latency_ms=args.rtsp_latency, progress=not args.quiet,
+        power=not args.no_power,
+    )
+    r = run_stream(args.engine, args.source, opts)
+    print(markdown(r), end="")
+    print(f"\nreport: {args.out}/report.json, {args.out}/report.md" +
+          (f", plots: {', '.join(r['plots'])}" if r.get("plots") else ""))
+    if r["outputs"]["video"]:
+        print(f"annotated video: {r['outputs']['video']}")
+    return 0
