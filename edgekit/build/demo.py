@@ -43,7 +43,7 @@ def run(out: Path, seed: int = 1) -> List[Dict]:
     write_dataset(data, seed=seed, counts={"train": 0, "val": 0, "test": 100}, videos=1, video_frames=150,
                   overwrite=True, progress=False)
     rows = []
-    for task in ("detection", "segmentation"):
+    for task in SHIPPED:
         ckpt = shipped_checkpoint(task)
         name = ckpt.stem
         onnx_path = out / f"{name}.onnx"

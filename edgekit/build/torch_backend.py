@@ -6,7 +6,7 @@ timed with CUDA events."""
 
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -69,14 +69,6 @@ class TorchBackend(Backend):
         self._outputs = [TensorSpec(card.output_name, ("batch",), "float32")]
         self._events = ([torch.cuda.Event(enable_timing=True) for _ in range(4)] if self.device == "cuda" else [])
         self._timing = Timing()
-
-    @property
-    def inputs(self) -> List[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> List[TensorSpec]:
-        return self._outputs
 
     def infer(self, inputs: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
         torch = self.torch

@@ -44,7 +44,9 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgekit.build.prune import PruneOptions, markdown, parse_macs, prune
+    from edgekit.build.prune import PruneOptions, prune
+    from edgekit.build.pruning.report import markdown
+    from edgekit.build.pruning.targets import parse_macs
 
     opts = PruneOptions(
         out=args.out, data=args.data, ratio=args.ratio,

@@ -43,7 +43,8 @@ def _load(package: str) -> None:
         importlib.import_module(f"{package}.{m.name}")
 
 
-def _lookup(table: Dict[str, Any], kind: str, name: str) -> Any:
+def lookup(table: Dict[str, Any], kind: str, name: str) -> Any:
+    """table[name], or a one-line error naming the close matches (or everything known)."""
     if name not in table:
         close = difflib.get_close_matches(name, list(table), n=3)
         hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(sorted(table))}"
@@ -54,13 +55,13 @@ def _lookup(table: Dict[str, Any], kind: str, name: str) -> Any:
 def task(name: str) -> Any:
     """The registered Task called `name` (edgekit.runtime.tasks.base.Task)."""
     _load("edgekit.runtime.tasks")
-    return _lookup(_TASKS, "task", name)
+    return lookup(_TASKS, "task", name)
 
 
 def layout(name: str) -> Any:
     """The registered Layout called `name` (edgekit.runtime.layouts.base.Layout)."""
     _load("edgekit.runtime.layouts")
-    return _lookup(_LAYOUTS, "output layout", name)
+    return lookup(_LAYOUTS, "output layout", name)
 
 
 def task_names() -> List[str]:

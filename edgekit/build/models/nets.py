@@ -151,15 +151,14 @@ class Segmenter(nn.Module):
         return F.interpolate(self.classifier(f), scale_factor=4.0, mode="bilinear", align_corners=False)
 
 
-def _registered(task: str, cls: type, width: float, size: str) -> None:
+def _registered(cls: type, kind: str, width: float, size: str) -> None:
     def factory(num_classes: int, input_size: Tuple[int, int]) -> nn.Module:
         return cls(num_classes, input_size, width=width)
 
-    kind = "anchor-free detector, YOLOv8 output layout" if task == "detection" else "encoder-decoder segmenter"
-    name = f"edgenet-{task[:3]}-{size}"
-    register(name, task, f"{kind}, width {width}")(factory)
+    task: str = cls.task  # type: ignore[attr-defined]
+    register(f"edgenet-{task[:3]}-{size}", task, f"{kind}, width {width}")(factory)
 
 
 for _size, _width in (("s", 0.5), ("m", 1.0)):
-    _registered("detection", Detector, _width, _size)
-    _registered("segmentation", Segmenter, _width, _size)
+    _registered(Detector, "anchor-free detector, YOLOv8 output layout", _width, _size)
+    _registered(Segmenter, "encoder-decoder segmenter", _width, _size)

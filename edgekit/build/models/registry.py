@@ -1,9 +1,9 @@
 """Name -> factory registry, in the manner of timm's create_model."""
 
-import difflib
 from typing import Any, Callable, Dict, List, Tuple
 
 from edgekit.errors import EdgekitError
+from edgekit.runtime.registry import lookup
 
 _REGISTRY: Dict[str, Tuple[str, Callable[..., Any], str]] = {}
 
@@ -17,11 +17,7 @@ def register(name: str, task: str, summary: str) -> Callable[[Callable[..., Any]
 
 
 def _entry(name: str) -> Tuple[str, Callable[..., Any], str]:
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else f" (known: {', '.join(sorted(_REGISTRY))})"
-        raise EdgekitError(f"unknown model architecture '{name}'{hint}")
-    return _REGISTRY[name]
+    return lookup(_REGISTRY, "model architecture", name)
 
 
 def model_task(name: str) -> str:

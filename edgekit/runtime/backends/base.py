@@ -161,13 +161,16 @@ class Backend(ABC):
         raise EdgekitError(f"the {cls.name} backend does not run checkpoints")
 
     # --- one loaded engine --------------------------------------------------------------------------
-    @property
-    @abstractmethod
-    def inputs(self) -> List[TensorSpec]: ...
+    _inputs: List[TensorSpec] = []
+    _outputs: List[TensorSpec] = []
 
     @property
-    @abstractmethod
-    def outputs(self) -> List[TensorSpec]: ...
+    def inputs(self) -> List[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> List[TensorSpec]:
+        return self._outputs
 
     @abstractmethod
     def infer(self, inputs: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:

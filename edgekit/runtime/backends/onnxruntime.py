@@ -92,14 +92,6 @@ class OnnxRuntimeBackend(Backend):
         self._names = [o.name for o in self._outputs]
         self._timing = Timing()
 
-    @property
-    def inputs(self) -> List[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> List[TensorSpec]:
-        return self._outputs
-
     def infer(self, inputs: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
         feeds = {s.name: x for s, x in zip(self._inputs, inputs)}
         t0 = time.perf_counter_ns()

@@ -277,14 +277,6 @@ class TensorRTBackend(Backend):
         self._host_out: Dict[str, np.ndarray] = {}
         self._timing = Timing()
 
-    @property
-    def inputs(self) -> List[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> List[TensorSpec]:
-        return self._outputs
-
     def batch_limit(self) -> Optional[int]:
         static = super().batch_limit()
         return static if static is not None else self._max_batch  # a dynamic axis up to the built profile's max

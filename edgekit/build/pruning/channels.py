@@ -1,0 +1,68 @@
+"""Channel pruning through Torch-Pruning's dependency graph: which layers, how many channels, what it costs.
+The pruned shapes go into the card as a record (edgekit/build/models/pruning_record.py)."""
+
+import dataclasses
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from edgekit.build.models.pruning_record import example_input, torch_pruning
+from edgekit.runtime.card import ModelCard
+
+IMPORTANCES = ("l1", "l2", "taylor")
+# Modules Torch-Pruning reshapes; any other module holding its own parameters is left unpruned and named.
+_HANDLED = (nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.GroupNorm, nn.LayerNorm)
+
+
+def output_layers(model: nn.Module) -> List[nn.Module]:
+    """Layers whose channels are the model's output (never pruned)."""
+    own = getattr(model, "output_layers", None)
+    if own is not None:
+        return list(own())
+    last = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))][-1:]
+    return last
+
+
+def unhandled_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """Modules holding parameters of their own that the pruner does not know how to reshape."""
+    return [(name, m) for name, m in model.named_modules()
+            if not isinstance(m, _HANDLED) and any(True for _ in m.parameters(recurse=False))]
+
+
+def channel_counts(model: nn.Module) -> Dict[str, int]:
+    return {name: int(m.out_channels) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def complexity(model: nn.Module, card: ModelCard) -> Tuple[int, int]:
+    """(MACs, parameters) for one input of the card's size."""
+    macs, params = torch_pruning().utils.count_ops_and_params(model, example_input(card))
+    return int(macs), int(params)
+
+
+def prune_channels(model: nn.Module, card: ModelCard, ratio: float, importance: str, round_to: int,
+                   taylor_loss: Optional[Callable[[nn.Module], torch.Tensor]] = None) -> List[str]:
+    """Remove `ratio` of the channels of every prunable layer group, in place; returns the layers left alone."""
+    tp = torch_pruning()
+    imp = {"l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+           "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+           "taylor": lambda: tp.importance.GroupTaylorImportance()}[importance]()
+    skipped = unhandled_layers(model)
+    ignored = output_layers(model) + [m for _, m in skipped]
+    model.eval()
+    pruner = tp.pruner.MetaPruner(model, example_input(card), importance=imp, pruning_ratio=ratio,
+                                  ignored_layers=ignored, round_to=round_to)
+    if importance == "taylor":
+        assert taylor_loss is not None
+        model.zero_grad()
+        taylor_loss(model).backward()
+    pruner.step()
+    model.zero_grad(set_to_none=True)
+    return [name for name, _ in skipped]
+
+
+def pruned_card(card: ModelCard, model: nn.Module, record: Dict[str, Any], name: str) -> ModelCard:
+    extra = dict(card.extra)
+    extra["pruning"] = {**record, "channels": channel_counts(model)}
+    extra.pop("metrics", None)  # the parent's accuracy no longer describes this model
+    return dataclasses.replace(card, name=name, extra=extra)
