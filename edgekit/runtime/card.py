@@ -15,6 +15,7 @@ from edgekit.errors import EdgekitError, MissingDependency
 from edgekit.runtime import registry
 
 RESIZE_MODES = ("letterbox", "stretch")
+PAD_PLACEMENTS = ("center", "corner")  # letterbox: image centred, or at the top-left corner (YOLOX)
 CARD_KEY = "edgekit.card"  # the card as JSON in an ONNX file's metadata_props
 
 # key -> (required, subkeys or None). Subkeys are checked the same way (all required unless listed
@@ -27,12 +28,15 @@ _SCHEMA: Dict[str, Optional[Tuple[str, ...]]] = {
     "classes": None,
     "input": ("name", "shape", "layout", "color"),
     "normalize": ("mean", "std"),
-    "resize": ("mode", "pad_value"),
-    "output": ("name", "layout"),
-    "postprocess": ("score_threshold", "iou_threshold", "max_detections"),
+    "resize": ("mode", "pad_value", "pad"),
+    "output": ("name", "layout", "params"),
+    "postprocess": ("score_threshold", "iou_threshold", "max_detections", "agnostic_nms"),
 }
 _OPTIONAL_KEYS = ("description", "metrics", "training", "edgekit_version", "pruning", "sparsity")
-_OPTIONAL_SUBKEYS = {"postprocess": ("score_threshold", "iou_threshold", "max_detections")}
+# Keys added after cards were first written are optional, and written only when they differ from the default,
+# so the cards and ONNX files made before them stay as they were.
+_OPTIONAL_SUBKEYS = {"postprocess": ("score_threshold", "iou_threshold", "max_detections", "agnostic_nms"),
+                     "resize": ("pad",), "output": ("params",)}
 
 
 @dataclass
@@ -49,11 +53,14 @@ class ModelCard:
     std: Tuple[float, float, float] = (1.0, 1.0, 1.0)
     resize_mode: str = "letterbox"
     pad_value: int = 114
+    pad_placement: str = "center"
     output_name: str = "output0"
     output_layout: str = ""
+    layout_params: Dict[str, Any] = field(default_factory=dict)  # what the layout needs beyond the outputs
     score_threshold: float = 0.25
     iou_threshold: float = 0.5
     max_detections: int = 100
+    agnostic_nms: bool = False  # one NMS over all classes instead of one per class
     extra: Dict[str, Any] = field(default_factory=dict)  # description, metrics, training, pruning, sparsity, ...
 
     def __post_init__(self) -> None:
@@ -83,14 +90,27 @@ class ModelCard:
             raise bad(f"input.color must be RGB or BGR, not '{self.color}'")
         if self.resize_mode not in RESIZE_MODES:
             raise bad(f"resize.mode must be one of {', '.join(RESIZE_MODES)}, not '{self.resize_mode}'")
+        if self.pad_placement not in PAD_PLACEMENTS:
+            raise bad(f"resize.pad must be one of {', '.join(PAD_PLACEMENTS)}, not '{self.pad_placement}'")
+        if not 0 <= self.pad_value <= 255:
+            raise bad(f"resize.pad_value is a pixel value 0..255, not {self.pad_value}")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
             raise bad("normalize.mean and normalize.std need 3 values each, std > 0")
+        # The card normalises 0..1 pixels: (x / 255 - mean) / std. Values on the 0..255 scale (ImageNet's
+        # 123.7 / 58.4) would make every input an extreme value, silently.
+        if any(not 0 <= m <= 1 for m in self.mean) or any(s > 1 for s in self.std):
+            raise bad(f"normalize.mean {list(self.mean)} / std {list(self.std)}: these apply to 0..1 pixels, "
+                      "so mean lies in 0..1 and std in (0, 1] (0..255 values divide by 255: 123.7 -> 0.485; "
+                      "a model fed raw 0..255 pixels has mean 0 and std 1/255 = 0.00392)")
         fitting = [lay.name for lay in registry.layouts(self.task)]
         if self.output_layout not in fitting:
             raise bad(f"output.layout '{self.output_layout}' does not fit task '{self.task}' (its layouts: "
                       f"{', '.join(fitting)})")
         if not 0 <= self.score_threshold <= 1 or not 0 <= self.iou_threshold <= 1:
             raise bad("postprocess thresholds must lie in [0, 1]")
+        if self.max_detections < 1:
+            raise bad(f"postprocess.max_detections must be 1 or more, not {self.max_detections}")
+        registry.layout(self.output_layout).check_params(self.layout_params, f"{source}: output.params")
 
     # --- serialization -------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
@@ -111,6 +131,12 @@ class ModelCard:
                 "max_detections": int(self.max_detections),
             },
         }
+        if self.pad_placement != "center":
+            d["resize"]["pad"] = self.pad_placement
+        if self.layout_params:
+            d["output"]["params"] = copy.deepcopy(self.layout_params)
+        if self.agnostic_nms:
+            d["postprocess"]["agnostic_nms"] = True
         d.update(copy.deepcopy(self.extra))
         return d
 
@@ -158,11 +184,14 @@ class ModelCard:
                 std=tuple(float(v) for v in d["normalize"]["std"]),  # type: ignore[arg-type]
                 resize_mode=str(d["resize"]["mode"]),
                 pad_value=int(d["resize"]["pad_value"]),
+                pad_placement=str(d["resize"].get("pad", "center")),
                 output_name=str(d["output"]["name"]),
                 output_layout=str(d["output"]["layout"]),
+                layout_params=dict(d["output"].get("params") or {}),
                 score_threshold=float(post.get("score_threshold", 0.25)),
                 iou_threshold=float(post.get("iou_threshold", 0.5)),
                 max_detections=int(post.get("max_detections", 100)),
+                agnostic_nms=bool(post.get("agnostic_nms", False)),
                 extra={k: copy.deepcopy(d[k]) for k in _OPTIONAL_KEYS if k in d},
             )
         except EdgekitError as e:

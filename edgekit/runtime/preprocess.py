@@ -69,7 +69,7 @@ def resize(
         return out, Transform(sx, sy, 0.0, 0.0, w, h)
     r = min(in_w / w, in_h / h)
     nw, nh = int(round(w * r)), int(round(h * r))
-    px, py = (in_w - nw) // 2, (in_h - nh) // 2
+    px, py = ((in_w - nw) // 2, (in_h - nh) // 2) if card.pad_placement == "center" else (0, 0)
     resized = image if (nw, nh) == (w, h) else cv2.resize(image, (nw, nh), interpolation=interpolation)
     pad = card.pad_value if pad_value is None else pad_value
     out = cv2.copyMakeBorder(

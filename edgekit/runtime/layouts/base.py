@@ -18,12 +18,14 @@ class DecodeParams:
     score_threshold: float = 0.25
     iou_threshold: float = 0.5
     max_detections: int = 100
+    agnostic_nms: bool = False
 
     @classmethod
     def of(cls, card: ModelCard, score_threshold: Optional[float] = None,
            iou_threshold: Optional[float] = None) -> "DecodeParams":
         return cls(card.score_threshold if score_threshold is None else score_threshold,
-                   card.iou_threshold if iou_threshold is None else iou_threshold, card.max_detections)
+                   card.iou_threshold if iou_threshold is None else iou_threshold, card.max_detections,
+                   card.agnostic_nms)
 
 
 class Layout:
@@ -31,6 +33,21 @@ class Layout:
     task = ""  # the registered task whose result decode() returns
     description = ""
     default = False  # the layout a card of its task gets when it names none
+    params: Mapping[str, Any] = {}  # the card's output.params this layout reads, with their defaults
+
+    def param(self, card: ModelCard, name: str) -> Any:
+        return card.layout_params.get(name, self.params[name])
+
+    def check_params(self, params: Mapping[str, Any], where: str) -> None:
+        """A one-line error for a parameter this layout does not know or of the wrong kind."""
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            known = ", ".join(self.params) or "none"
+            raise EdgekitError(f"{where}: unknown parameter(s) {', '.join(unknown)} for layout '{self.name}' "
+                               f"(it takes: {known})")
+        for key, value in params.items():
+            if not _same_kind(value, self.params[key]):
+                raise EdgekitError(f"{where}: {key} must be like {self.params[key]!r}, got {value!r}")
 
     def recognises(self, outputs: Sequence[TensorSpec], card: ModelCard) -> bool:
         """Whether a graph with these outputs is in this layout (shapes and names; batch axis first)."""
@@ -45,6 +62,12 @@ class Layout:
                params: DecodeParams) -> Any:
         """One image's raw outputs by name (batch axis removed) -> the task's result in frame coordinates."""
         raise NotImplementedError
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        return isinstance(value, type(default))
+    return isinstance(value, (int, float)) and not isinstance(value, bool)  # numbers: int and float alike
 
 
 def the_output(outputs: Mapping[str, Any], card: ModelCard) -> Any:

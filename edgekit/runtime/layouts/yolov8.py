@@ -12,7 +12,7 @@ from edgekit.runtime.card import ModelCard
 from edgekit.runtime.layouts.base import DecodeParams, Layout, the_output, the_output_spec
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_layout
-from edgekit.runtime.tasks.detection import Detections, nms
+from edgekit.runtime.tasks.detection import Detections, cxcywh_to_xyxy, select
 
 
 def decode_raw(raw: np.ndarray, params: DecodeParams) -> Detections:
@@ -21,16 +21,7 @@ def decode_raw(raw: np.ndarray, params: DecodeParams) -> Detections:
     classes = scores_all.argmax(0)
     scores = scores_all[classes, np.arange(scores_all.shape[1])]
     keep = scores > params.score_threshold
-    if not keep.any():
-        return Detections.empty()
-    cxcywh = raw[:4, keep].T.astype(np.float32)
-    scores, classes = scores[keep].astype(np.float32), classes[keep].astype(np.int64)
-    xywh = cxcywh.copy()
-    xywh[:, :2] -= xywh[:, 2:] / 2
-    idx = nms(xywh, scores, classes, params.score_threshold, params.iou_threshold, params.max_detections)
-    boxes = xywh[idx]
-    boxes[:, 2:] += boxes[:, :2]
-    return Detections(boxes, scores[idx], classes[idx])
+    return select(cxcywh_to_xyxy(raw[:4, keep].T), scores[keep], classes[keep], params)
 
 
 @register_layout

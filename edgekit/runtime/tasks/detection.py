@@ -29,12 +29,38 @@ class Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
 
 
-def nms(xywh: np.ndarray, scores: np.ndarray, classes: np.ndarray, score_threshold: float, iou_threshold: float,
-        max_detections: int) -> np.ndarray:
-    """Indices kept by class-aware NMS over xywh boxes, highest score first, at most max_detections."""
-    idx = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), classes.tolist(), score_threshold, iou_threshold)
-    idx = np.asarray(idx, np.int64).reshape(-1)
+def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float, max_detections: int,
+        agnostic: bool = False) -> np.ndarray:
+    """Indices kept by greedy NMS over xyxy boxes, highest score first, at most max_detections: a box goes
+    when its IoU with a kept box of the same class (any class, if agnostic) exceeds iou_threshold.
+
+    OpenCV's NMSBoxes (in every OpenCV 4, JetPack 5's 4.5.4 too, which lacks NMSBoxesBatched) with each
+    class's boxes moved to a region of their own, the offset trick of torchvision's batched_nms; float64,
+    so the offset does not round IoUs near the threshold."""
+    if len(scores) == 0:
+        return np.zeros(0, np.int64)
+    b = boxes.astype(np.float64)
+    if not agnostic:
+        b = b + (classes.astype(np.float64) * (float(b.max() - b.min()) + 1.0))[:, None]
+    xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], 1)
+    idx = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), scores.astype(np.float64).tolist(), 0.0, iou_threshold),
+                     np.int64).reshape(-1)
     return idx[np.argsort(-scores[idx], kind="stable")][:max_detections]
+
+
+def select(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, params: Any) -> "Detections":
+    """Candidates (xyxy in input pixels, score, class) -> detections over the score threshold after NMS."""
+    keep = scores > params.score_threshold
+    boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+    idx = nms(boxes, scores, classes, params.iou_threshold, params.max_detections, params.agnostic_nms)
+    return Detections(boxes[idx].astype(np.float32), scores[idx].astype(np.float32), classes[idx].astype(np.int64))
+
+
+def cxcywh_to_xyxy(b: np.ndarray) -> np.ndarray:
+    """[N, 4] centre x, centre y, width, height -> x1, y1, x2, y2 (float32)."""
+    b = b.astype(np.float32)
+    half = b[:, 2:4] / 2
+    return np.concatenate([b[:, :2] - half, b[:, :2] + half], 1)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
