@@ -155,10 +155,15 @@ def test_foreign_onnx_with_card_flags(det_onnx, tmp_path):
         model.metadata_props.remove(p)
     onnx.save(model, str(foreign))
     r = run_cli("build-engine", str(foreign), "-o", str(tmp_path / "f.onnx"), "--backend", "onnxruntime")
-    assert_one_line_error(r, "no edgekit model card", "--card")
+    assert_one_line_error(r, "no model card in the ONNX metadata", "--task, --classes", "--card")
     r = run_cli("build-engine", str(foreign), "-o", str(tmp_path / "f.onnx"), "--backend", "onnxruntime",
                 "--task", "detection", "--classes", "a,b,c", "--input-size", "96x64")
-    assert_one_line_error(r, "YOLOv8-layout detector with 3 classes")
+    assert_one_line_error(r, "outputs output0 [1, 8, 96] float32 fit no detection layout", "yolov8",
+                          "with 3 classes")
+    r = run_cli("build-engine", str(foreign), "-o", str(tmp_path / "f.onnx"), "--backend", "onnxruntime",
+                "--task", "detection", "--classes", "a,b,c", "--layout", "yolov8")
+    assert_one_line_error(r, "a YOLOv8-layout detector with 3 classes has [N, 7, anchors]")
+    assert not (tmp_path / "f.onnx").exists()
     r = run_cli("build-engine", str(foreign), "-o", str(tmp_path / "f.onnx"), "--backend", "onnxruntime",
                 "--task", "detection", "--classes", ",".join(CLASSES), "--input-size", "96x64", "--name", "yolo")
     assert r.returncode == 0, r.stderr

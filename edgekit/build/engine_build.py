@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from edgekit import __version__
-from edgekit.build import onnx_io
+from edgekit.build import describe, onnx_io
 from edgekit.errors import EdgekitError
 from edgekit.runtime import calibration, registry
 from edgekit.runtime import manifest as mf
@@ -42,7 +42,11 @@ class BuildOptions:
     sparsity: bool = False
     max_batch: int = 1
     if_stale: bool = False
-    card: Optional[ModelCard] = None  # for an ONNX not made by edgekit
+    # For an ONNX not made by edgekit (or to correct one): a card YAML, card fields from flags that win over
+    # whatever the file says, and the output layout when it should not be recognised from the outputs.
+    card_file: Optional[str] = None
+    card_overrides: Dict[str, Any] = field(default_factory=dict)
+    layout: Optional[str] = None
 
 
 @dataclass
@@ -59,6 +63,9 @@ class BuildReport:
     agreement_key: str  # the task's agreement measure in `agreement`
     up_to_date: bool = False
     sparsity: Optional[Dict[str, Any]] = None  # with --sparsity: how many conv weights follow the 2:4 pattern
+    card: Optional[ModelCard] = None  # the card the engine carries
+    card_source: str = ""  # where it came from: edgekit metadata, Ultralytics metadata, a card file, flags
+    fixed_input: List[str] = field(default_factory=list)  # dynamic input axes given the card's size
 
 
 def _backends_with(feature: str) -> List[str]:
@@ -126,15 +133,6 @@ def _is_up_to_date(out: Path, fp: Dict[str, Any]) -> bool:
     return old.fingerprint == fp and old.engine.sha256 == mf.file_sha256(out)
 
 
-def _card_for(model: Any, source: Path, given: Optional[ModelCard]) -> ModelCard:
-    card = given or onnx_io.embedded_card(model, str(source))
-    if card is None:
-        raise EdgekitError(f"{source}: no edgekit model card in the ONNX metadata; describe the model with "
-                           "--card CARD.yaml (or --task, --classes, --input-size, --mean/--std, --resize)")
-    onnx_io.check_against_card(model, card, str(source))
-    return card
-
-
 SIDE_FILE_SUFFIX = {TENSORRT_QDQ: "trt-qdq", ONNXRUNTIME_U8S8: "u8s8"}  # ENGINE.<suffix>.onnx
 
 
@@ -142,7 +140,9 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
     t0 = time.perf_counter()
     onnx_path, out = Path(onnx_path), Path(out)
     model = onnx_io.load_model(onnx_path)
-    card = _card_for(model, onnx_path, opts.card)
+    described = describe.card_for(model, str(onnx_path), opts.card_file, opts.card_overrides, opts.layout)
+    card = described.card
+    fixed = describe.fix_input_shape(model, card, opts.max_batch)
     backend = resolve_backend(opts.backend)
     cls = backend_class(backend)
     precision = resolve_precision(backend, opts.precision, opts)
@@ -151,6 +151,10 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
 
     backend_env = cls.environment()
     fp = fingerprint(mf.file_sha256(onnx_path), calib.sha256 if calib else None, card, backend_env, precision, opts)
+    if opts.card_file or opts.card_overrides or opts.layout:  # the card given decides the engine too
+        fp["card_given"] = {"file": Path(opts.card_file).read_text() if opts.card_file else None,
+                            "fields": {k: repr(v) for k, v in sorted(opts.card_overrides.items())},
+                            "layout": opts.layout}
     if opts.if_stale and _is_up_to_date(out, fp):
         m = mf.read(out)
         return BuildReport(out, mf.path_for(out), backend, precision, 0.0, out.stat().st_size,
@@ -160,16 +164,19 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
     from edgekit.build.sparsity import check_onnx
 
     sparse = check_onnx(model) if opts.sparsity else None  # sparse kernels only help where the zeros are
-    frames = calib.frames if calib else _agreement_frames(card)
-    tensors = [preprocess(f, card)[0] for f in frames]
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        fp32 = work / "fp32.onnx"
-        if opts.card is not None:  # an imported ONNX: carry the card inside from now on
-            onnx_io.set_card(model, card)
         import onnx
 
+        fp32 = work / "fp32.onnx"
         onnx.save(model, str(fp32))
+        outputs = describe.run_outputs(fp32, card, str(onnx_path), fixed)
+        card = describe.resolve_layout(described, outputs, str(onnx_path))
+        if onnx_io.embedded_card(model, str(onnx_path)) != card:  # carry the card inside from now on
+            onnx_io.set_card(model, card)
+            onnx.save(model, str(fp32))
+        frames = calib.frames if calib else _agreement_frames(card)
+        tensors = [preprocess(f, card)[0] for f in frames]
         files: Dict[str, Path] = {}
         kept: Dict[str, str] = {}
         if precision == "int8":
@@ -233,7 +240,7 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
         shutil.rmtree(work, ignore_errors=True)
     return BuildReport(out, mf.path_for(out), backend, precision, seconds, out.stat().st_size, sorted(kept),
                        agreement, {k: str(v) for k, v in final_files.items()}, registry.task(card.task).agreement_key,
-                       sparsity=sparse)
+                       sparsity=sparse, card=card, card_source=described.source, fixed_input=fixed)
 
 
 def _to_fp16_onnx(src: Path, dst: Path) -> Path:

@@ -1,10 +1,9 @@
 """ONNX files: reading and writing the model card in metadata_props, loading with one-line errors."""
 
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from edgekit.errors import EdgekitError
-from edgekit.runtime import registry
 from edgekit.runtime.backends.base import TensorSpec
 from edgekit.runtime.card import CARD_KEY, ModelCard
 
@@ -36,6 +35,11 @@ def embedded_card(model: Any, source: str) -> Optional[ModelCard]:
         if prop.key == CARD_KEY:
             return ModelCard.from_json(prop.value, f"{source} (metadata {CARD_KEY})")
     return None
+
+
+def metadata(model: Any) -> Dict[str, str]:
+    """The ONNX file's metadata_props (exporters such as Ultralytics describe the model there)."""
+    return {p.key: p.value for p in model.metadata_props}
 
 
 def set_card(model: Any, card: ModelCard) -> None:
@@ -71,17 +75,3 @@ def io_specs(model: Any) -> Tuple[List[TensorSpec], List[TensorSpec]]:
     """The graph's inputs and outputs as the runtime side describes tensors."""
     inputs, outputs = io_names(model)
     return [tensor_spec(v) for v in inputs], [tensor_spec(v) for v in outputs]
-
-
-def check_against_card(model: Any, card: ModelCard, source: str) -> None:
-    """The graph's single image input must have the card's size; its outputs must fit the card's layout."""
-    inputs, outputs = io_specs(model)
-    if len(inputs) != 1:
-        raise EdgekitError(f"{source}: expected one image input, the graph has {len(inputs)}")
-    shape = list(inputs[0].shape)
-    h, w = card.input_size
-    if len(shape) != 4 or shape[1] != 3 or shape[2:] != [h, w]:
-        raise EdgekitError(
-            f"{source}: input '{inputs[0].name}' has shape {shape}, the card says NCHW [N, 3, {h}, {w}]"
-        )
-    registry.layout(card.output_layout).check(outputs, card, source)

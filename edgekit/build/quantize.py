@@ -100,6 +100,10 @@ def quantize(
     if method not in METHODS:
         raise EdgekitError(f"--calib-method {method}: choose one of {', '.join(METHODS)}")
     model = onnx.load(str(fp32_path))
+    if _opset(model) < MIN_OPSET:
+        model = _upgrade_opset(model, fp32_path)
+        fp32_path = fp32_path.with_name(fp32_path.stem + f".opset{MIN_OPSET}.onnx")
+        onnx.save(model, str(fp32_path))
     kept = resolve_keep(model, keep, str(fp32_path))
     hint_filter = _QuietPreprocessHint()
     logging.getLogger().addFilter(hint_filter)
@@ -110,6 +114,26 @@ def quantize(
     finally:
         logging.getLogger().removeFilter(hint_filter)
     return kept
+
+
+# Per-channel weights need DequantizeLinear's `axis`, which came with opset 13; Ultralytics exports opset 12
+# by default. Older graphs are converted first (the FP32 engine keeps the file as it was).
+MIN_OPSET = 13
+
+
+def _opset(model: Any) -> int:
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def _upgrade_opset(model: Any, source: Path) -> Any:
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, MIN_OPSET)
+    except Exception as e:  # the converter raises plain RuntimeErrors for ops it cannot move
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgekitError(f"{source}: INT8 needs opset {MIN_OPSET} or later and this opset {_opset(model)} graph "
+                           f"could not be converted ({first[:120]}); export it again with opset {MIN_OPSET}+") from None
 
 
 # Histogram settings of the calibrators. onnxruntime's quantize_static builds its entropy calibrator with 128

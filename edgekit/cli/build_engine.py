@@ -3,7 +3,7 @@
 import argparse
 from typing import List
 
-from edgekit.cli.common import BACKEND_OR_AUTO, CALIB_METHODS, add_card_flags, add_out, card_from_flags
+from edgekit.cli.common import BACKEND_OR_AUTO, CALIB_METHODS, add_card_flags, add_out, card_overrides
 
 
 def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend, precision=args.precision, calib=args.calib, calib_method=args.calib_method,
         calib_size=args.calib_size, keep_fp32=args.keep_fp32 or [], dla_core=args.dla_core,
         workspace_mb=args.workspace, timing_cache=args.timing_cache, sparsity=args.sparsity,
-        max_batch=args.max_batch, if_stale=args.if_stale, card=card_from_flags(args),
+        max_batch=args.max_batch, if_stale=args.if_stale, card_file=args.card, card_overrides=card_overrides(args),
+        layout=args.layout,
     )
     rep = build_engine(args.model, args.out, opts)
     if rep.up_to_date:
@@ -51,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"engine:     {rep.engine} ({rep.backend}, {rep.precision}, {rep.bytes / 1024:.0f} KB, built in "
           f"{rep.seconds:.1f} s)")
     print(f"manifest:   {rep.manifest}")
+    if rep.card is not None and rep.card_source != "edgekit metadata":
+        c = rep.card
+        print(f"model card: from {rep.card_source}: {c.task}, {c.num_classes} classes, input {c.input_size[1]}x"
+              f"{c.input_size[0]} {c.color} {c.resize_mode}, output layout {c.output_layout}" +
+              (f"; fixed the dynamic input's {', '.join(rep.fixed_input)}" if rep.fixed_input else ""))
     for kind, path in rep.extra_files.items():
         print(f"also wrote: {path} ({kind})")
     if rep.precision == "int8":

