@@ -286,7 +286,7 @@ def measure_agreement(card: ModelCard, reference: List[Dict[str, np.ndarray]], e
     same_frame, params = Transform.identity(w, h), DecodeParams.of(card)
 
     def result(outputs: Dict[str, np.ndarray]) -> Any:
-        return layout.decode({k: v[0] for k, v in outputs.items()}, same_frame, card, params)
+        return layout.decode(layout.image(outputs, 0), same_frame, card, params)
 
     max_abs, scores = 0.0, []
     for x, ref in zip(tensors, reference):

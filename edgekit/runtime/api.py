@@ -46,8 +46,7 @@ class Model:
     def decode(self, outputs: Dict[str, np.ndarray], transform: Transform, index: int = 0,
                params: Optional[DecodeParams] = None) -> Any:
         """Image `index` of a batch of raw outputs -> the task's result in frame coordinates."""
-        one = {name: out[index] for name, out in outputs.items()}
-        return self.layout.decode(one, transform, self.card, params or self.params)
+        return self.layout.decode(self.layout.image(outputs, index), transform, self.card, params or self.params)
 
     # --- the whole of it ----------------------------------------------------------------------------
     def __call__(self, frame: np.ndarray) -> Any:

@@ -1,7 +1,7 @@
 """What every output layout provides. One instance per layout is registered (edgekit.runtime.registry)."""
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -48,6 +48,11 @@ class Layout:
         for key, value in params.items():
             if not _same_kind(value, self.params[key]):
                 raise EdgekitError(f"{where}: {key} must be like {self.params[key]!r}, got {value!r}")
+
+    def image(self, outputs: Mapping[str, np.ndarray], index: int) -> Dict[str, np.ndarray]:
+        """Image `index` of a batch of raw outputs, as decode() takes them. Layouts whose graphs give outputs
+        without a batch axis (torchvision's detectors) override this."""
+        return {name: out[index] for name, out in outputs.items()}
 
     def recognises(self, outputs: Sequence[TensorSpec], card: ModelCard) -> bool:
         """Whether a graph with these outputs is in this layout (shapes and names; batch axis first)."""

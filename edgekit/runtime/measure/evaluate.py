@@ -37,7 +37,7 @@ class Scorer:
 
     def add(self, outputs: Mapping[str, np.ndarray], tf: Transform, truth: Mapping[str, Any], index: int = 0) -> None:
         self.images += 1
-        one = {name: out[index] for name, out in outputs.items()}
+        one = self.layout.image(outputs, index)
         self.accuracy.add(self.layout.decode(one, tf, self.card, self.params), truth)
 
     def result(self) -> Dict[str, Any]:
