@@ -8,7 +8,6 @@ those pixels as the card's last class without a word."""
 
 from typing import Any, List, Mapping, Optional, Sequence
 
-import cv2
 import numpy as np
 
 from edgekit.errors import EdgekitError
@@ -51,15 +50,6 @@ def spatial(shape: Sequence[Any]) -> Optional[List[Any]]:
     if len(shape) == 4 and shape[1] == 1:
         return list(shape[2:])
     return None
-
-
-def at_input_size(classes: np.ndarray, card: ModelCard) -> np.ndarray:
-    """A model-size uint8 class map brought to the input size, so that to_frame's letterbox crop (in input
-    pixels) applies to it."""
-    in_h, in_w = card.input_size
-    if classes.shape == (in_h, in_w):
-        return classes
-    return cv2.resize(classes, (in_w, in_h), interpolation=cv2.INTER_NEAREST)
 
 
 def class_indices(output: np.ndarray, card: ModelCard) -> np.ndarray:
@@ -108,4 +98,4 @@ class Argmax(Layout):
     def decode(self, outputs: Mapping[str, np.ndarray], transform: Transform, card: ModelCard,
                params: DecodeParams) -> ClassMap:
         classes = class_indices(the_output(outputs, card), card)
-        return ClassMap(to_frame(at_input_size(classes, card), transform))
+        return ClassMap(to_frame(classes, transform, card.input_size))

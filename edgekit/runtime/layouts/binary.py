@@ -14,7 +14,7 @@ import numpy as np
 from edgekit.errors import EdgekitError
 from edgekit.runtime.backends.base import TensorSpec
 from edgekit.runtime.card import ModelCard
-from edgekit.runtime.layouts.argmax import at_input_size, plausible_size
+from edgekit.runtime.layouts.argmax import plausible_size
 from edgekit.runtime.layouts.base import DecodeParams, Layout, the_output, the_output_spec
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_layout
@@ -76,4 +76,4 @@ class Binary(Layout):
                params: DecodeParams) -> ClassMap:
         prob = the_output(outputs, card)
         above = (prob.reshape(prob.shape[-2:]) > self.param(card, "threshold")).astype(np.uint8)
-        return ClassMap(to_frame(at_input_size(above, card), transform))
+        return ClassMap(to_frame(above, transform, card.input_size))

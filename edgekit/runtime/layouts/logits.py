@@ -46,4 +46,4 @@ class Logits(Layout):
 
     def decode(self, outputs: Mapping[str, np.ndarray], transform: Transform, card: ModelCard,
                params: DecodeParams) -> ClassMap:
-        return ClassMap(to_frame(class_map(the_output(outputs, card)), transform))
+        return ClassMap(to_frame(class_map(the_output(outputs, card)), transform, card.input_size))

@@ -2,7 +2,7 @@
 agreement the share of pixels given the same class."""
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Tuple
 
 import cv2
 import numpy as np
@@ -25,10 +25,13 @@ class ClassMap:
         return {n: round(float(s), 4) for n, s in zip(names, share)}
 
 
-def to_frame(classes: np.ndarray, transform: Transform) -> np.ndarray:
-    """Crop the part of the model-size class map that shows the frame and resize it to the frame."""
-    h, w = classes.shape
-    x0, y0, x1, y1 = transform.valid_region(w, h)
+def to_frame(classes: np.ndarray, transform: Transform, input_size: Tuple[int, int]) -> np.ndarray:
+    """A class map at the network input's size (or a stride of it: brought to the input size first, so the
+    letterbox crop, in input pixels, applies) -> the part that shows the frame, resized to the frame."""
+    in_h, in_w = input_size
+    if classes.shape != (in_h, in_w):
+        classes = cv2.resize(classes, (in_w, in_h), interpolation=cv2.INTER_NEAREST)
+    x0, y0, x1, y1 = transform.valid_region(in_w, in_h)
     return cv2.resize(classes[y0:y1, x0:x1], (transform.src_w, transform.src_h), interpolation=cv2.INTER_NEAREST)
 
 
