@@ -14,6 +14,7 @@ from edgekit.errors import EdgekitError
 from edgekit.runtime.backends.base import TensorSpec
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.layouts.base import DecodeParams, Layout, the_output, the_output_spec
+from edgekit.runtime.layouts.shapes import is_integer, known
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_layout
 from edgekit.runtime.tasks.segmentation import ClassMap, to_frame
@@ -23,21 +24,13 @@ STRIDES = (1, 2, 4, 8, 16, 32)
 MAX_CLASSES = 256  # ClassMap holds uint8 indices
 
 
-def is_integer(dtype: str) -> bool:
-    try:
-        return np.dtype(dtype).kind in "iu"
-    except TypeError:  # a runtime's own name for a type NumPy lacks, e.g. "tensor(bool)"
-        return False
 
 
-def _known(dim: Any) -> bool:
-    # ONNX Runtime names a dynamic axis with a string or None, TensorRT with -1.
-    return isinstance(dim, (int, np.integer)) and bool(dim > 0)
 
 
 def plausible_size(h: Any, w: Any, card: ModelCard) -> bool:
     """Whether an [h, w] map covers the card's input at one of the usual strides (unknown sizes pass)."""
-    if not (_known(h) and _known(w)):
+    if not (known(h) and known(w)):
         return True
     in_h, in_w = card.input_size
     return any(h in (in_h // s, -(-in_h // s)) and w in (in_w // s, -(-in_w // s)) for s in STRIDES)

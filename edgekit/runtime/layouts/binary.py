@@ -16,16 +16,10 @@ from edgekit.runtime.backends.base import TensorSpec
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.layouts.argmax import plausible_size
 from edgekit.runtime.layouts.base import DecodeParams, Layout, the_output, the_output_spec
+from edgekit.runtime.layouts.shapes import is_float
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_layout
 from edgekit.runtime.tasks.segmentation import ClassMap, to_frame
-
-
-def is_float(dtype: str) -> bool:
-    try:
-        return np.dtype(dtype).kind == "f"
-    except TypeError:  # a runtime's own name for a type NumPy lacks
-        return False
 
 
 @register_layout

@@ -17,7 +17,7 @@ from edgekit.errors import EdgekitError
 from edgekit.runtime.backends.base import TensorSpec
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.layouts.base import DecodeParams, Layout
-from edgekit.runtime.layouts.end2end import class_indices
+from edgekit.runtime.layouts.shapes import class_indices, fits, is_float, is_integer
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_layout
 from edgekit.runtime.tasks.detection import Detections
@@ -25,38 +25,31 @@ from edgekit.runtime.tasks.detection import Detections
 Output = Tuple[str, Tuple[Any, ...], str]  # name, shape with the batch axis, dtype name
 
 
-def _fits(dim: Any, want: Any) -> bool:
-    """A dimension equals another, where both are known (a dynamic one is a name or -1)."""
-    return not isinstance(dim, int) or not isinstance(want, int) or dim < 0 or want < 0 or dim == want
 
 
-def _integer(dtype: str) -> bool:
-    return dtype.startswith(("int", "uint"))
 
 
-def _real(dtype: str) -> bool:
-    return dtype.startswith(("float", "bfloat"))
 
 
 def roles(outputs: Sequence[Output]) -> Optional[Dict[str, str]]:
     """Output name by role (num, boxes, scores, classes), or None where the outputs are not this layout."""
     if len(outputs) != 4:
         return None
-    reals = [o for o in outputs if _real(o[2])]
-    ints = [o for o in outputs if _integer(o[2])]
+    reals = [o for o in outputs if is_float(o[2])]
+    ints = [o for o in outputs if is_integer(o[2])]
     boxes = [o for o in reals if len(o[1]) == 3 and o[1][2] == 4]
     scores = [o for o in reals if len(o[1]) == 2]
     if len(boxes) != 1 or len(scores) != 1 or len(ints) != 2:
         return None
     (_, bshape, _), (_, sshape, _) = boxes[0], scores[0]
-    if not (_fits(sshape[0], bshape[0]) and _fits(sshape[1], bshape[1])):
+    if not (fits(sshape[0], bshape[0]) and fits(sshape[1], bshape[1])):
         return None
     # With max 1 box, num_detections [B, 1] and classes [B, 1] look alike: a name saying "num" decides, then the
     # plugin's own order, num_detections first.
     ints = sorted(ints, key=lambda o: "num" not in o[0].lower())
     for num, cls in (ints, ints[::-1]):
-        if (len(num[1]) == 2 and _fits(num[1][1], 1) and _fits(num[1][0], bshape[0])
-                and len(cls[1]) == 2 and _fits(cls[1][0], bshape[0]) and _fits(cls[1][1], bshape[1])):
+        if (len(num[1]) == 2 and fits(num[1][1], 1) and fits(num[1][0], bshape[0])
+                and len(cls[1]) == 2 and fits(cls[1][0], bshape[0]) and fits(cls[1][1], bshape[1])):
             return {"num": num[0], "boxes": boxes[0][0], "scores": scores[0][0], "classes": cls[0]}
     return None
 

@@ -7,7 +7,7 @@ boxes from `dist2bbox(xywh=False)`); THU-MIG/yolov10 writes the same. Decoded as
 (ultralytics/utils/nms.py, `non_max_suppression`, end-to-end branch): the rows whose score exceeds the threshold,
 the first max_det of them, no NMS."""
 
-from typing import Mapping, Sequence, Set, Tuple
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -15,35 +15,10 @@ from edgekit.errors import EdgekitError
 from edgekit.runtime.backends.base import TensorSpec
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.layouts.base import DecodeParams, Layout, the_output, the_output_spec
+from edgekit.runtime.layouts.shapes import class_indices, dense_head_rows
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_layout
 from edgekit.runtime.tasks.detection import Detections
-
-
-def dense_head_rows(input_size: Tuple[int, int]) -> Set[int]:
-    """The row counts of a dense head at this input size: one row per grid cell of strides 8-32 (or 8-64 for P6
-    models), once (YOLOX, Ultralytics) or three times (YOLOv5/v7 anchors), cells rounded down or up.
-
-    A single-class YOLOX or YOLOv5 output is [B, rows, 6] too (ddddocr's detector is [1, 3549, 6] at 416): its
-    row count, not its shape, tells it from K suppressed detections."""
-    h, w = input_size
-    rows = set()
-    for strides in ((8, 16, 32), (8, 16, 32, 64)):
-        for up in (0, 1):
-            cells = sum(((h + up * (s - 1)) // s) * ((w + up * (s - 1)) // s) for s in strides)
-            rows.update((cells, 3 * cells))
-    return rows
-
-
-def class_indices(values: np.ndarray, card: ModelCard, output: str) -> np.ndarray:
-    """Class numbers from a model -> int64 indices into the card's classes; a one-line error for one outside them,
-    which would otherwise fail later, where the result is drawn or written, far from the cause."""
-    classes = np.rint(np.asarray(values, np.float64)).astype(np.int64)
-    bad = classes[(classes < 0) | (classes >= card.num_classes)]
-    if len(bad):
-        raise EdgekitError(f"output '{output}' gives class {int(bad[0])}, but the card has {card.num_classes} "
-                           f"classes (0..{card.num_classes - 1}): the card's class list does not fit this model")
-    return classes
 
 
 @register_layout

@@ -14,7 +14,7 @@ from edgekit.errors import EdgekitError
 from edgekit.runtime.backends.base import TensorSpec
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.layouts.base import DecodeParams, Layout, the_output, the_output_spec
-from edgekit.runtime.layouts.end2end import dense_head_rows
+from edgekit.runtime.layouts.shapes import dense_head_rows
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_layout
 from edgekit.runtime.tasks.detection import Detections, cxcywh_to_xyxy

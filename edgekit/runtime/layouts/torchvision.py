@@ -21,6 +21,7 @@ from edgekit.errors import EdgekitError
 from edgekit.runtime.backends.base import TensorSpec
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.layouts.base import DecodeParams, Layout
+from edgekit.runtime.layouts.shapes import fits
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_layout
 from edgekit.runtime.tasks.detection import Detections
@@ -28,8 +29,6 @@ from edgekit.runtime.tasks.detection import Detections
 Output = Tuple[str, Tuple[Any, ...], str]  # name, shape (no batch axis), dtype name
 
 
-def _fits(dim: Any, want: Any) -> bool:
-    return not isinstance(dim, int) or not isinstance(want, int) or dim < 0 or want < 0 or dim == want
 
 
 def roles(outputs: Sequence[Output]) -> Optional[Dict[str, str]]:
@@ -42,7 +41,7 @@ def roles(outputs: Sequence[Output]) -> Optional[Dict[str, str]]:
     if len(boxes) != 1 or len(scores) != 1 or len(labels) != 1:
         return None
     n = boxes[0][1][0]
-    if not (_fits(scores[0][1][0], n) and _fits(labels[0][1][0], n)):
+    if not (fits(scores[0][1][0], n) and fits(labels[0][1][0], n)):
         return None
     return {"boxes": boxes[0][0], "labels": labels[0][0], "scores": scores[0][0]}
 

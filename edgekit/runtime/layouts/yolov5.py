@@ -19,6 +19,7 @@ from edgekit.errors import EdgekitError
 from edgekit.runtime.backends.base import TensorSpec
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.layouts.base import DecodeParams, Layout, the_output, the_output_spec
+from edgekit.runtime.layouts.shapes import grid_cells
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_layout
 from edgekit.runtime.tasks.detection import Detections, cxcywh_to_xyxy, select
@@ -27,10 +28,6 @@ STRIDES = (8, 16, 32)
 P6_STRIDES = (8, 16, 32, 64)
 
 
-def grid_cells(input_size: Tuple[int, int], strides: Sequence[int]) -> int:
-    """Cells of the feature maps at these strides for an (h, w) input: the anchor count of an anchor-free head."""
-    h, w = input_size
-    return sum((h // s) * (w // s) for s in strides)
 
 
 def candidates(raw: np.ndarray, threshold: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

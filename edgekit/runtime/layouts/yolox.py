@@ -23,7 +23,8 @@ from edgekit.errors import EdgekitError
 from edgekit.runtime.backends.base import TensorSpec
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.layouts.base import DecodeParams, Layout, the_output, the_output_spec
-from edgekit.runtime.layouts.yolov5 import candidates, grid_cells
+from edgekit.runtime.layouts.shapes import grid_cells
+from edgekit.runtime.layouts.yolov5 import candidates
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_layout
 from edgekit.runtime.tasks.detection import Detections, cxcywh_to_xyxy, select
