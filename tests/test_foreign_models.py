@@ -154,3 +154,32 @@ def test_a_text_probability_model_gives_binary_masks(pages, tmp_path):
     r = run_cli("build-engine", str(dbnet), "-o", str(tmp_path / "e.onnx"), "--backend", "onnxruntime",
                 *flags[:2], "--classes", "text", *flags[4:])
     assert_one_line_error(r, "the binary layout gives two classes", "--classes background,text")
+
+
+@pytest.mark.parametrize("meta, layout, resize", [
+    ({"description": "Ultralytics rtdetr-l model trained on coco.yaml"}, "rtdetr", "stretch"),
+    ({"end2end": "True"}, "end2end", "letterbox"),
+    ({"args": "{'nms': True, 'opset': 17}"}, "end2end", "letterbox"),
+])
+def test_ultralytics_metadata_settles_look_alike_heads(tmp_path, meta, layout, resize):
+    """A 2-class RT-DETR and an end-to-end export are both [1, 300, 6]: the metadata says which it is (and
+    RT-DETR's stretch resize), where the shape alone would need --layout."""
+    import torch
+
+    class Head(torch.nn.Module):
+        def forward(self, x):
+            rows = torch.linspace(0.1, 0.9, 300)[None, :, None].expand(x.shape[0], 300, 6).clone()
+            return rows * x.mean()
+
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(Head(), (torch.ones(1, 3, 64, 64),), str(path), input_names=["images"], output_names=["output0"],
+                      dynamo=False, opset_version=17)
+    model = onnx.load(str(path))
+    for key, value in {"author": "Ultralytics", "task": "detect", "names": "{0: 'a', 1: 'b'}", "imgsz": "[64, 64]",
+                       **meta}.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    r = run_cli("build-engine", str(path), "-o", str(tmp_path / "e.onnx"), "--backend", "onnxruntime")
+    assert r.returncode == 0, r.stderr
+    card = json.loads(mf.path_for(tmp_path / "e.onnx").read_text())["card"]
+    assert card["output"]["layout"] == layout and card["resize"]["mode"] == resize

@@ -47,7 +47,9 @@ def card_for(model: Any, source: str, card_file: Optional[str], overrides: Mappi
             origin, layout_given = "edgekit metadata", True
         else:
             base = ultralytics_card(onnx_io.metadata(model), graph_in, source)
-            origin = "Ultralytics metadata" if base is not None else origin
+            if base is not None:
+                origin = "Ultralytics metadata"
+                layout_given = layout_given or base.output_layout != registry.default_layout(base.task)
     fields = dict(overrides)
     if layout:
         fields["output_layout"] = layout
@@ -104,13 +106,19 @@ def ultralytics_card(meta: Mapping[str, str], graph_in: TensorSpec, source: str)
         imgsz = [imgsz, imgsz]
     if not imgsz:
         raise EdgekitError(f"{where}: no imgsz and a dynamic input; pass --input-size WxH")
-    # Ultralytics' preprocessing (LAYOUTS.md): RGB, /255, no mean/std, letterbox centred, pad 114.
+    # Ultralytics' preprocessing (LAYOUTS.md): RGB, /255, no mean/std, letterbox centred, pad 114; RT-DETR
+    # stretches without padding. What the metadata says of the head settles layouts whose outputs look alike
+    # (a 2-class RT-DETR and an end-to-end export are both [B, 300, 6]).
     description = str(meta.get("description", "")).split(" model trained on")[0].replace("Ultralytics ", "")
+    args = value("args", {}) or {}
+    rtdetr = "rtdetr" in description.lower().replace("-", "")
+    layout = "rtdetr" if rtdetr else ("end2end" if value("end2end") is True or args.get("nms") is True else "")
     return ModelCard(
         name=Path(source).stem, task=ULTRALYTICS_TASKS[kind], arch="external", classes=[str(names[i]) for i in
                                                                                            range(len(names))],
         input_size=(int(imgsz[0]), int(imgsz[1])), input_name=graph_in.name, color="RGB", mean=(0.0, 0.0, 0.0),
-        std=(1.0, 1.0, 1.0), resize_mode="letterbox", pad_value=114, iou_threshold=0.7,
+        std=(1.0, 1.0, 1.0), resize_mode="stretch" if rtdetr else "letterbox", pad_value=114, iou_threshold=0.7,
+        output_layout=layout,
         extra={"description": f"{description} (Ultralytics {meta.get('version', '?')} export, stride "
                               f"{meta.get('stride', '?')})"},
     )
