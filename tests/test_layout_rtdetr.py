@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import build_and_stream
 
 import edgekit
 from edgekit.errors import EdgekitError
@@ -155,10 +155,9 @@ def test_check_refuses_a_wrong_class_count_in_one_line(backend):
 def test_build_engine_recognises_it_and_edgekit_open_runs_it(onnx_file, tmp_path):
     """The whole of it as a user does it: the layout recognised by build-engine, decoded by edgekit.open's Model."""
     engine = tmp_path / "model.engine.onnx"
-    r = run_cli("build-engine", str(onnx_file), "-o", str(engine), "--backend", "onnxruntime", "--task", "detection",
+    stdout = build_and_stream(onnx_file, engine, "--task", "detection",
                 "--classes", ",".join(CLASSES), "--resize", "stretch")
-    assert r.returncode == 0, r.stderr
-    assert "output layout rtdetr" in r.stdout
+    assert "output layout rtdetr" in stdout
     frame = render_image(seed=7, index=0, size=FRAME).image
     with edgekit.open(engine) as m:
         found = m(frame)

@@ -162,3 +162,20 @@ def test_check_refuses_a_wrong_class_count_in_one_line():
     assert "\n" not in str(e.value)
     assert str(e.value) == ("m.onnx: output 'output0' has shape [1, 252, 85]; a YOLOv5-layout detector with 3 "
                             "classes has [N, anchors, 8]")
+
+
+def test_build_engine_recognises_it_and_run_stream_runs_it(tmp_path):
+    """The user path: no --layout, the three-anchors-per-cell row count tells it from YOLOX."""
+    import json
+
+    from conftest import build_and_stream
+
+    path = tmp_path / "tiny_yolov5.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(TinyYoloV5().eval(), (torch.zeros(1, 3, SIZE, SIZE),), str(path), input_names=["images"],
+                          output_names=["output0"], opset_version=17, dynamo=False)
+    stdout = build_and_stream(path, tmp_path / "e.onnx", "--task", "detection", "--classes", ",".join(CLASSES))
+    assert "output layout yolov5" in stdout
+    card = json.loads((tmp_path / "e.onnx.manifest.json").read_text())["card"]
+    assert card["output"]["layout"] == "yolov5" and card["classes"] == CLASSES

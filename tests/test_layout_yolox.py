@@ -159,3 +159,14 @@ def test_recognised_from_the_real_outputs_and_checked_against_the_card(engine):
         registry.layout("yolox").check(outputs, p6, "common_det.onnx")
     with pytest.raises(EdgekitError, match=r"^model card: output.params: strides must be positive integers"):
         ddddocr_card(layout_params={"strides": [8, 0, 32]})
+
+
+def test_the_real_model_through_build_engine_and_run_stream(tmp_path):
+    """ddddocr's detector as a user brings it: described by flags, its raw-grid layout recognised."""
+    from conftest import build_and_stream
+
+    model = model_from_wheel("ddddocr", "1.6.1", "ddddocr/common_det.onnx")
+    stdout = build_and_stream(model, tmp_path / "e.onnx", "--task", "detection", "--classes", "char",
+                              "--channel-order", "bgr", "--std", "0.00392157", "0.00392157", "0.00392157",
+                              "--pad", "corner")
+    assert "input 416x416 BGR letterbox, output layout yolox" in stdout

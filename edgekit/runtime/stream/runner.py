@@ -101,7 +101,10 @@ def run_stream(engine: "str | Path", source_uri: str, opts: StreamOptions) -> Di
         model.close()
         raise
     sinks: List[Any] = []
-    truth = TruthSink(model) if source.has_truth else None
+    # Score against the source's ground truth only where it names the model's classes (a model of other
+    # classes on synthetic:// runs unscored).
+    scored = source.has_truth and source.truth_names.get(model.task.truth_kind) == list(model.card.classes)
+    truth = TruthSink(model) if scored else None
     if truth is not None:
         sinks.append(truth)
     if opts.save_video:

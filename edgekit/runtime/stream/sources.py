@@ -47,10 +47,19 @@ class SourceInfo:
     notes: List[str] = field(default_factory=list)
 
 
+def _synth_truth_names() -> Dict[str, List[str]]:
+    from edgekit.runtime.data.synth import CLASSES
+
+    return {"boxes": list(CLASSES), "mask": ["background", *CLASSES]}
+
+
 class Source:
     info: SourceInfo
     reconnects = 0
     has_truth = False  # frames carry ground truth (synthetic sources, videos from `edgekit data synth`)
+    # The class names of that truth, by kind ("boxes": detection classes, "mask": segmentation classes): a
+    # model is scored against it only where its card names the same classes.
+    truth_names: Dict[str, List[str]] = {}
 
     def frames(self) -> Iterator[Captured]:
         raise NotImplementedError
@@ -86,6 +95,7 @@ class VideoFileSource(Source):
         self.gt_path = path.with_name(path.stem + ".gt.jsonl")
         self.masks_path = path.with_name(path.stem + ".masks.npz")
         self.has_truth = self.gt_path.is_file()
+        self.truth_names = _synth_truth_names() if self.has_truth else {}
 
     def _truth(self) -> Iterator[Optional[Dict[str, Any]]]:
         if not self.has_truth:
@@ -162,7 +172,7 @@ class SyntheticSource(Source):
 
         self.scene = VideoScene(seed, (w, h), objects=objects, speed=speed)
         self.info = SourceInfo(uri, "synthetic", True, self.fps, w, h)
-        self.has_truth = True
+        self.has_truth, self.truth_names = True, _synth_truth_names()
 
     def frames(self) -> Iterator[Captured]:
         period = 1e9 / self.fps if self.fps > 0 else 0

@@ -28,6 +28,7 @@ class Task:
     primary_metric = ""  # the figure variants are ranked by
     agreement_key = ""  # how INT8 agreement with FP32 is named in manifests and reports
     eval_score_threshold: Optional[float] = None  # decode threshold when scoring accuracy (None: the card's)
+    truth_kind = ""  # which ground truth its accuracy reads ("boxes", "mask"); see Truth
 
     def load_dataset(self, root: Any, split: str, fmt: str = "auto") -> Any:
         """The labelled dataset (edgekit.runtime.data.datasets.Dataset) of this task in `root`."""

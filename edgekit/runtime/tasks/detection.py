@@ -139,6 +139,7 @@ class Detection(Task):
     metric_label = "mAP@0.5 / mAP@0.5:0.95"
     primary_metric = "mAP50_95"
     agreement_key = "detection_f1"
+    truth_kind = "boxes"
     eval_score_threshold = 0.001  # COCO practice: rank everything, let the precision-recall curve decide
 
     def load_dataset(self, root: Any, split: str, fmt: str = "auto") -> datasets.Dataset:

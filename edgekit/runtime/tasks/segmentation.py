@@ -55,6 +55,7 @@ class Segmentation(Task):
     metric_label = "mIoU"
     primary_metric = "mIoU"
     agreement_key = "pixel_agreement"
+    truth_kind = "mask"
 
     def load_dataset(self, root: Any, split: str, fmt: str = "auto") -> datasets.Dataset:
         return datasets.load_segmentation(root, split)
