@@ -109,7 +109,7 @@ def test_ultralytics_tasks_edgekit_does_not_run_are_refused(doclaynet, tmp_path)
     pose = tmp_path / "pose.onnx"
     onnx.save(model, str(pose))
     r = run_cli("build-engine", str(pose), "-o", str(tmp_path / "e.onnx"), "--backend", "onnxruntime")
-    assert_one_line_error(r, "an Ultralytics 'pose' model", "detect (detection)")
+    assert_one_line_error(r, "an Ultralytics 'pose' model", "detect (detection), segment (instance_segmentation)")
 
 
 def test_a_card_that_does_not_fit_the_graph(tmp_path):

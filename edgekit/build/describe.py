@@ -17,7 +17,7 @@ from edgekit.runtime.backends.base import TensorSpec
 from edgekit.runtime.card import ModelCard
 
 # Ultralytics' `task` metadata -> edgekit's task; what is not listed is refused with what edgekit supports.
-ULTRALYTICS_TASKS = {"detect": "detection"}
+ULTRALYTICS_TASKS = {"detect": "detection", "segment": "instance_segmentation"}
 
 
 @dataclasses.dataclass

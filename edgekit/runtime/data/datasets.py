@@ -7,17 +7,19 @@ Layouts (the synth writer produces all three at once):
   segmentation:     ROOT/masks/SPLIT/<stem>.png (class index per pixel, 255 = ignore)
                     + ROOT/images/SPLIT/<stem>.<ext>, class names from ROOT/dataset.json
                     ("seg_classes") or ROOT/seg_classes.txt
+  instance masks:   ROOT/annotations/SPLIT.json (COCO, a `segmentation` per annotation: polygons, or RLE
+                    compressed or not) + ROOT/images/SPLIT/<file_name>
 """
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, cast
 
 import cv2
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, MissingDependency
 from edgekit.runtime import registry
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -30,6 +32,7 @@ class Sample:
     boxes: np.ndarray  # detection: Nx4 float32 xyxy in image pixels
     classes: np.ndarray  # detection: N int64 class indices
     mask: Optional[Path] = None  # segmentation: class-index PNG
+    segmentations: Optional[List[Any]] = None  # instance masks: each box's COCO `segmentation`, as written
 
 
 @dataclass
@@ -111,7 +114,7 @@ def load_detection(root: "str | Path", split: str, fmt: str = "auto") -> Dataset
     raise EdgekitError(f"unknown detection dataset format '{fmt}' (use coco or yolo)")
 
 
-def _load_coco(root: Path, split: str) -> Dataset:
+def _load_coco(root: Path, split: str, instances: bool = False) -> Dataset:
     ann_path = root / "annotations" / f"{split}.json"
     images_dir = _images_dir(root, split)
     try:
@@ -140,8 +143,16 @@ def _load_coco(root: Path, split: str) -> Dataset:
         rows = [a for a in by_image.get(im["id"], []) if not a.get("iscrowd", 0)]
         boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in rows)], np.float32).reshape(-1, 4)
         classes = np.array([cat_index[a["category_id"]] for a in rows], np.int64)
-        samples.append(Sample(path, boxes, classes))
-    return Dataset("detection", root, split, [str(c["name"]) for c in cats], samples, "coco")
+        segmentations = None
+        if instances:
+            bare = [a.get("id") for a in rows if not a.get("segmentation")]
+            if bare:
+                raise EdgekitError(f"{ann_path}: annotation {bare[0]} has no 'segmentation' (instance masks need "
+                                   "a polygon or RLE for every object; this looks like a detection-only file)")
+            segmentations = [a["segmentation"] for a in rows]
+        samples.append(Sample(path, boxes, classes, segmentations=segmentations))
+    task = "instance_segmentation" if instances else "detection"
+    return Dataset(task, root, split, [str(c["name"]) for c in cats], samples, "coco")
 
 
 def _load_yolo(root: Path, split: str) -> Dataset:
@@ -202,6 +213,16 @@ def load_segmentation(root: "str | Path", split: str) -> Dataset:
     return Dataset("segmentation", root, split, names, samples, "masks")
 
 
+def load_instances(root: "str | Path", split: str) -> Dataset:
+    """COCO instance annotations: ROOT/annotations/SPLIT.json with a `segmentation` per object."""
+    root = Path(root)
+    _check_root(root)
+    if not (root / "annotations" / f"{split}.json").is_file():
+        raise EdgekitError(f"{root}: no instance labels for split '{split}' (expected annotations/{split}.json with "
+                           "a 'segmentation' per annotation)")
+    return _load_coco(root, split, instances=True)
+
+
 def load(task: str, root: "str | Path", split: str, fmt: str = "auto") -> Dataset:
     """The labelled dataset of a task (each task says how its labels are stored)."""
     return registry.task(task).load_dataset(root, split, fmt)
@@ -228,7 +249,8 @@ def read_mask(path: Path, num_classes: int) -> np.ndarray:
 
 
 def load_sample(ds: Dataset, i: int):
-    """(image, boxes in pixels, classes, mask or None) for sample i, validated."""
+    """(image, boxes in pixels, classes, mask or None) for sample i, validated. The mask is the class-index map
+    of a segmentation dataset, or, for an instance dataset, one boolean mask per box: [N, H, W]."""
     s = ds.samples[i]
     img = read_image(s.image)
     boxes = s.boxes
@@ -241,7 +263,103 @@ def load_sample(ds: Dataset, i: int):
         if mask.shape != img.shape[:2]:
             (mh, mw), (ih, iw) = mask.shape, img.shape[:2]
             raise EdgekitError(f"{s.mask}: mask is {mw}x{mh}, image is {iw}x{ih}")
+    if s.segmentations is not None:
+        h, w = img.shape[:2]
+        masks = np.zeros((len(s.segmentations), h, w), bool)
+        for k, segm in enumerate(s.segmentations):
+            masks[k] = segmentation_mask(segm, h, w, f"{ds.root / 'annotations' / ds.split}.json ({s.image.name})")
+        mask = masks
     return img, boxes, s.classes, mask
+
+
+# --- COCO masks: run-length encoding (pycocotools' maskApi.c, rleEncode / rleToString / rleFrString) ---------
+def rle_encode(mask: np.ndarray) -> Dict[str, Any]:
+    """A binary HxW mask as COCO compressed RLE {"size": [h, w], "counts": str}: runs down the columns, starting
+    with background, written as pycocotools' rleToString does (what faster-coco-eval and pycocotools decode)."""
+    h, w = mask.shape
+    m = np.asarray(mask, bool)
+    cols = np.flatnonzero(m.any(0))
+    if not len(cols):
+        return {"size": [int(h), int(w)], "counts": _rle_string([h * w]) if h * w else ""}
+    # Only the columns the object spans are scanned (a frame-sized mask of a small object is mostly background);
+    # the columns either side join the first and last background runs.
+    x0, x1 = int(cols[0]), int(cols[-1]) + 1
+    flat = m[:, x0:x1].ravel(order="F")
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate(([0], edges, [flat.size]))).tolist()
+    if flat[0]:
+        runs.insert(0, 0)
+    runs[0] += x0 * h
+    if flat[-1]:
+        runs.append(0)
+    runs[-1] += (w - x1) * h
+    if runs[-1] == 0:
+        runs.pop()
+    return {"size": [int(h), int(w)], "counts": _rle_string(runs)}
+
+
+def _rle_string(runs: List[int]) -> str:
+    out = []
+    for i, run in enumerate(runs):
+        x = run - runs[i - 2] if i > 2 else run  # a delta against the run of the same value two back
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = x != -1 if c & 0x10 else x != 0
+            out.append(chr((c | 0x20 if more else c) + 48))
+    return "".join(out)
+
+
+def _rle_runs(counts: "str | bytes") -> List[int]:
+    s = counts.decode() if isinstance(counts, bytes) else counts
+    runs: List[int] = []
+    p = 0
+    while p < len(s):
+        x = k = 0
+        more = True
+        while more:
+            c = ord(s[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        runs.append(x + runs[-2] if len(runs) > 2 else x)
+    return runs
+
+
+def rle_decode(rle: Dict[str, Any]) -> np.ndarray:
+    """COCO RLE, compressed (a string) or not (a list of runs) -> boolean HxW mask."""
+    h, w = (int(v) for v in rle["size"])
+    counts = rle["counts"]
+    runs = list(counts) if isinstance(counts, list) else _rle_runs(counts)
+    if sum(runs) != h * w:
+        raise ValueError(f"RLE runs cover {sum(runs)} pixels, its size {w}x{h} has {h * w}")
+    flat = np.repeat(np.arange(len(runs)) % 2 == 1, runs)
+    return flat.reshape(w, h).T
+
+
+def segmentation_mask(segm: Any, h: int, w: int, where: str) -> np.ndarray:
+    """A COCO `segmentation` (RLE, or polygons rasterised as pycocotools does, through faster-coco-eval) ->
+    boolean HxW mask of an h x w image; a one-line error naming `where` for one that does not fit."""
+    if isinstance(segm, dict):
+        if [int(v) for v in segm.get("size", [])] != [h, w]:
+            raise EdgekitError(f"{where}: an RLE of size {segm.get('size')} on an image of {w}x{h} (size is [h, w])")
+        try:
+            return rle_decode(segm)
+        except (ValueError, TypeError, KeyError) as e:
+            raise EdgekitError(f"{where}: not a COCO RLE ({e})") from None
+    if not isinstance(segm, list) or not all(isinstance(p, list) and len(p) >= 6 for p in segm):
+        raise EdgekitError(f"{where}: a segmentation must be RLE or a list of polygons [x1, y1, x2, y2, ...] of "
+                           "3 points or more")
+    try:
+        from faster_coco_eval.core import mask as coco_mask
+    except ImportError:
+        raise MissingDependency("faster-coco-eval", "eval") from None
+    polygons = cast(List[Dict[str, Any]], coco_mask.frPyObjects(segm, h, w))  # one RLE per polygon
+    return coco_mask.decode(coco_mask.merge(polygons)).astype(bool)
 
 
 def check_classes(ds: Dataset, expected: Sequence[str], what: str) -> None:

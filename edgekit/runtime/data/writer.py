@@ -9,7 +9,17 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.runtime.artifacts import atomic_dir
-from edgekit.runtime.data.synth import CLASSES, GENERATOR_VERSION, Frame, VideoScene, render_image
+from edgekit.runtime.data.datasets import rle_encode
+from edgekit.runtime.data.synth import (
+    CLASSES,
+    GENERATOR_VERSION,
+    Frame,
+    VideoScene,
+    draw_clutter,
+    place_shapes,
+    render_background,
+    render_image,
+)
 
 SPLITS = ("train", "val", "test")
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_000, "test": 2_000_000}  # disjoint image indices per split
@@ -23,19 +33,55 @@ def _yolo_lines(frame: Frame) -> List[str]:
     return lines
 
 
-def _coco(split_records: List[Tuple[str, Frame]]) -> Dict:
+def instance_masks(frame: Frame, seed: int, index: int, size: Tuple[int, int]) -> np.ndarray:
+    """The visible pixels of each labelled object of render_image(seed, index, size), [N, H, W] bool, in the
+    order of frame.boxes.
+
+    The renderer returns only the class map, so the objects are replayed from the image's seed: its shapes come
+    from the first draws of its generator, before anything is composed. Drawn in order (later ones cover earlier
+    ones) and cut by the class map, which is background where clutter covers an object and for an object left
+    with too few pixels to be labelled, they are the objects as labelled. Checked against the frame's boxes and
+    classes, so a change to the renderer cannot write wrong masks silently."""
+    w, h = size
+    rng = np.random.default_rng([seed, 0, index])  # render_image's draws, in its order
+    background = render_background(rng, h, w).clip(0, 255).astype(np.uint8)
+    draw_clutter(rng, background, int(rng.integers(0, 8)), min(h, w) * 0.2)
+    shapes = place_shapes(rng, h, w, int(rng.integers(1, 7)))
+    owner = np.zeros((h, w), np.int32)
+    for i, shape in enumerate(shapes):
+        drawn = np.zeros((h, w), np.uint8)
+        shape.draw_mask(drawn)
+        owner[drawn.astype(bool)] = i + 1
+    owner[frame.mask == 0] = 0
+    masks, classes = [], []
+    for i, shape in enumerate(shapes):
+        m = owner == i + 1
+        if m.any():
+            masks.append(m)
+            classes.append(shape.cls)
+    out = np.array(masks, bool).reshape(-1, h, w)
+    boxes = [[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] for ys, xs in (np.nonzero(m) for m in out)]
+    if classes != frame.classes.tolist() or not np.array_equal(np.array(boxes, np.float32).reshape(-1, 4),
+                                                              frame.boxes):
+        raise RuntimeError(f"synth image {index} (seed {seed}): the replayed objects differ from the rendered "
+                           "ones; edgekit/runtime/data/synth.py render_image changed its draws")
+    return out
+
+
+def _coco(split_records: List[Tuple[str, Frame, np.ndarray]]) -> Dict:
     images, annotations = [], []
-    for image_id, (file_name, frame) in enumerate(split_records, start=1):
+    for image_id, (file_name, frame, masks) in enumerate(split_records, start=1):
         h, w = frame.mask.shape
         images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
-        for (x1, y1, x2, y2), c in zip(frame.boxes.tolist(), frame.classes.tolist()):
+        for (x1, y1, x2, y2), c, m in zip(frame.boxes.tolist(), frame.classes.tolist(), masks):
             annotations.append({
                 "id": len(annotations) + 1,
                 "image_id": image_id,
                 "category_id": int(c) + 1,
                 "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "area": (x2 - x1) * (y2 - y1),
+                "area": int(m.sum()),  # COCO's area is the mask's: it sorts objects into small/medium/large
                 "iscrowd": 0,
+                "segmentation": rle_encode(m),  # RLE, exact: occlusion and clutter leave holes polygons lose
             })
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(CLASSES)]
     return {"images": images, "annotations": annotations, "categories": categories}
@@ -64,17 +110,18 @@ def write_dataset(
             n = counts.get(split, 0)
             for sub in ("images", "labels", "masks"):
                 (tmp / sub / split).mkdir(parents=True)
-            records: List[Tuple[str, Frame]] = []
+            records: List[Tuple[str, Frame, np.ndarray]] = []
             inst = np.zeros(len(CLASSES), np.int64)
             pix = np.zeros(len(CLASSES) + 1, np.int64)
             for i in _progress(range(n), f"synth {split}", progress):
                 frame = render_image(seed, SPLIT_OFFSETS[split] + i, size)
+                masks = instance_masks(frame, seed, SPLIT_OFFSETS[split] + i, size)
                 stem = f"{i:06d}"
                 jpeg = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
                 cv2.imwrite(str(tmp / "images" / split / f"{stem}.jpg"), frame.image, jpeg)
                 cv2.imwrite(str(tmp / "masks" / split / f"{stem}.png"), frame.mask)
                 (tmp / "labels" / split / f"{stem}.txt").write_text("".join(x + "\n" for x in _yolo_lines(frame)))
-                records.append((f"{stem}.jpg", frame))
+                records.append((f"{stem}.jpg", frame, masks))
                 inst += np.bincount(frame.classes, minlength=len(CLASSES))
                 pix += np.bincount(frame.mask.ravel(), minlength=len(CLASSES) + 1)
             (tmp / "annotations").mkdir(exist_ok=True)

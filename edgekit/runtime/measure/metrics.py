@@ -1,8 +1,9 @@
-"""Accuracy metrics: COCO-protocol mAP (through faster-coco-eval) and segmentation IoU."""
+"""Accuracy metrics: COCO-protocol mAP of boxes and of instance masks (through faster-coco-eval) and
+segmentation IoU."""
 
 import contextlib
 import io
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
@@ -47,6 +48,80 @@ def detection_map(
         ev.summarize()
     stats = ev.stats
     return {"mAP50": max(0.0, float(stats[1])), "mAP50_95": max(0.0, float(stats[0]))}
+
+
+def instance_map(
+    predictions: Sequence[Dict[str, Any]],
+    targets: Sequence[Dict[str, Any]],
+    num_classes: int,
+) -> Dict[str, float]:
+    """Mask mAP@0.5 and mAP@0.5:0.95 by the COCO protocol (iouType "segm").
+
+    predictions[i]: {"masks", "scores": N, "classes": N}; targets[i]: {"masks", "classes"}. Masks are boolean
+    [N, H, W] arrays or lists of COCO RLE dicts ({"size": [h, w], "counts"}), all of one image's size. Classes
+    without ground truth are left out of the mean, as in COCO.
+    """
+    try:
+        from faster_coco_eval import COCO, COCOeval_faster
+    except ImportError:
+        raise MissingDependency("faster-coco-eval", "eval") from None
+    images, anns, dets = [], [], []
+    for i, (p, t) in enumerate(zip(predictions, targets), start=1):
+        gt_rles, gt_size = _rles(t["masks"])
+        dt_rles, dt_size = _rles(p["masks"])
+        h, w = gt_size or dt_size or (1, 1)
+        images.append({"id": i, "width": w, "height": h})
+        for rle, c in zip(gt_rles, np.asarray(t["classes"]).tolist()):
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(c) + 1, "segmentation": rle,
+                         "area": _area(rle), "bbox": _bbox(rle), "iscrowd": 0})
+        for rle, s, c in zip(dt_rles, np.asarray(p["scores"]).tolist(), np.asarray(p["classes"]).tolist()):
+            dets.append({"image_id": i, "category_id": int(c) + 1, "segmentation": rle, "score": float(s)})
+    if not anns or not dets:
+        return {"mask_mAP50": 0.0, "mask_mAP50_95": 0.0}
+    gt = COCO({"images": images, "annotations": anns,
+               "categories": [{"id": k + 1, "name": str(k)} for k in range(num_classes)]})
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(dets)  # without "bbox" in the results: loadRes takes area and box from the masks
+        ev = COCOeval_faster(gt, dt, iouType="segm")
+        ev.params.maxDets = [1, 10, 100]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = ev.stats
+    return {"mask_mAP50": max(0.0, float(stats[1])), "mask_mAP50_95": max(0.0, float(stats[0]))}
+
+
+def _rles(masks: Any) -> Tuple[List[Dict[str, Any]], Optional[Tuple[int, int]]]:
+    """One image's masks as compressed RLE dicts with string counts, and the image's (h, w) where known."""
+    from faster_coco_eval.core import mask as coco_mask
+
+    if isinstance(masks, np.ndarray):
+        m = masks.astype(np.uint8).reshape(-1, *masks.shape[-2:])
+        encoded = coco_mask.encode(np.asfortranarray(m.transpose(1, 2, 0))) if len(m) else []
+        return [_compressed(r) for r in encoded], (int(m.shape[1]), int(m.shape[2]))
+    rles = []
+    for r in masks:
+        h, w = (int(v) for v in r["size"])
+        rle = coco_mask.frPyObjects(r, h, w) if isinstance(r["counts"], list) else r  # uncompressed: compress
+        rles.append(_compressed(cast(Dict[str, Any], rle)))
+    return rles, (tuple(rles[0]["size"]) if rles else None)  # type: ignore[return-value]
+
+
+def _compressed(rle: Dict[str, Any]) -> Dict[str, Any]:
+    counts = rle["counts"]
+    return {"size": [int(v) for v in rle["size"]], "counts": counts.decode() if isinstance(counts, bytes) else counts}
+
+
+def _area(rle: Dict[str, Any]) -> float:
+    from faster_coco_eval.core import mask as coco_mask
+
+    return float(coco_mask.area(rle))
+
+
+def _bbox(rle: Dict[str, Any]) -> List[float]:
+    from faster_coco_eval.core import mask as coco_mask
+
+    return [float(v) for v in coco_mask.toBbox(rle)]
 
 
 class ConfusionMatrix:

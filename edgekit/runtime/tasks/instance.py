@@ -1,0 +1,266 @@
+"""Instance segmentation: a result is detections (boxes, scores, classes in frame pixels) each with a boolean mask
+of the frame; accuracy is COCO mask mAP (box mAP beside it), INT8 agreement the F1 of instances matched by mask
+IoU, stream accuracy precision/recall at mask IoU 0.5."""
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from edgekit.runtime import draw
+from edgekit.runtime.card import ModelCard
+from edgekit.runtime.data import datasets
+from edgekit.runtime.measure.metrics import detection_map, instance_map
+from edgekit.runtime.preprocess import Transform
+from edgekit.runtime.registry import register_task
+from edgekit.runtime.tasks.base import Accuracy, Task, Truth
+from edgekit.runtime.tasks.detection import Detections, matches
+
+# Ground truth of an image for this task: "boxes" and "classes" as for detection, and the objects' masks,
+# boolean [N, H, W] in the order of the boxes, under "instance_masks" or, as an instance dataset's
+# datasets.load_sample gives them to measure.evaluate.truth_of, under "mask".
+
+
+@dataclass
+class Instances:
+    boxes: np.ndarray  # Nx4 float32 xyxy, frame pixels
+    scores: np.ndarray  # N float32
+    classes: np.ndarray  # N int64
+    masks: np.ndarray  # N x frame height x frame width, bool
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @classmethod
+    def empty(cls, width: int, height: int) -> "Instances":
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64),
+                   np.zeros((0, height, width), bool))
+
+    def detections(self) -> Detections:
+        return Detections(self.boxes, self.scores, self.classes)
+
+
+# --- resampling masks as Ultralytics does (F.interpolate, bilinear, align_corners=False) ----------------------
+Taps = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # per output sample: input lo, hi, weight lo, hi
+
+
+@functools.lru_cache(maxsize=16)
+def linear_taps(out_n: int, in_n: int) -> Taps:
+    """Which two input samples each of out_n outputs of a bilinear resize reads, and their weights: PyTorch's
+    upsample_bilinear2d without align_corners (half-pixel centres, clamped at the edges; OpenCV's INTER_LINEAR
+    places them the same), in float32 as its CPU kernel computes them, so values that land on a threshold fall
+    the same way."""
+    scale = np.float32(in_n) / np.float32(out_n)
+    src = np.maximum(scale * (np.arange(out_n, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), 0)
+    lo = np.minimum(np.floor(src).astype(np.int64), in_n - 1)
+    hi = np.minimum(lo + 1, in_n - 1)
+    w1 = np.clip(src - lo.astype(np.float32), 0, 1).astype(np.float32)
+    taps = (lo, hi, np.float32(1) - w1, w1)
+    for a in taps:
+        a.flags.writeable = False  # cached: shared by every call
+    return taps
+
+
+def window(taps: Taps, start: int, stop: int) -> Tuple[int, int, Optional[Taps]]:
+    """The outputs [o0, o1) that read any input in [start, stop), with their taps re-based to `start`; a tap
+    outside [start, stop) gets weight 0, for the input there is zero (a mask cropped to its box)."""
+    lo, hi, w0, w1 = taps
+    inside_lo, inside_hi = (lo >= start) & (lo < stop), (hi >= start) & (hi < stop)
+    touched = np.flatnonzero((inside_lo & (w0 != 0)) | (inside_hi & (w1 != 0)))
+    if not len(touched):
+        return 0, 0, None
+    o0, o1 = int(touched[0]), int(touched[-1]) + 1
+    s = slice(o0, o1)
+    zero = np.float32(0)
+    return o0, o1, (np.clip(lo[s] - start, 0, stop - start - 1), np.clip(hi[s] - start, 0, stop - start - 1),
+                    np.where(inside_lo[s], w0[s], zero), np.where(inside_hi[s], w1[s], zero))
+
+
+def resample(a: np.ndarray, rows: Taps, cols: Taps) -> np.ndarray:
+    """A 2-D float32 array read at the given row and column taps: along a row first, then down the columns,
+    which is the order PyTorch's kernel sums in."""
+    rlo, rhi, rw0, rw1 = rows
+    clo, chi, cw0, cw1 = cols
+    t = a[:, clo] * cw0 + a[:, chi] * cw1
+    return t[rlo] * rw0[:, None] + t[rhi] * rw1[:, None]
+
+
+@dataclass
+class InputMask:
+    """One instance's mask at network-input size, kept as the window that holds its pixels."""
+
+    y: int
+    x: int
+    pixels: np.ndarray  # bool
+
+
+def masks_to_frame(masks: Sequence[InputMask], transform: Transform, in_w: int, in_h: int) -> np.ndarray:
+    """Network-input masks -> boolean [N, frame h, frame w] as Ultralytics' scale_masks brings a binary mask to
+    the frame: the letterbox padding cut away, the rest resized bilinearly (F.interpolate), then > 0.5 (its
+    older scale_image, cv2.INTER_LINEAR on a 0/1 uint8 mask, rounds the same way). Only each mask's window is
+    resampled."""
+    x0, y0, x1, y1 = transform.valid_region(in_w, in_h)
+    fw, fh = transform.src_w, transform.src_h
+    out = np.zeros((len(masks), fh, fw), bool)
+    taps_x, taps_y = linear_taps(fw, x1 - x0), linear_taps(fh, y1 - y0)
+    for k, m in enumerate(masks):
+        h, w = m.pixels.shape
+        # the window in valid-region coordinates, padding dropped
+        a0, a1 = max(m.x, x0) - x0, min(m.x + w, x1) - x0
+        b0, b1 = max(m.y, y0) - y0, min(m.y + h, y1) - y0
+        if a0 >= a1 or b0 >= b1:
+            continue
+        part = m.pixels[b0 + y0 - m.y:b1 + y0 - m.y, a0 + x0 - m.x:a1 + x0 - m.x].astype(np.float32)
+        c0, c1, cols = window(taps_x, a0, a1)
+        r0, r1, rows = window(taps_y, b0, b1)
+        if cols is None or rows is None:
+            continue
+        out[k, r0:r1, c0:c1] = resample(part, rows, cols) > 0.5
+    return out
+
+
+# --- matching, accuracy, agreement ----------------------------------------------------------------------------
+def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix [len(a), len(b)] of two stacks of boolean masks of one size."""
+    fa = a.reshape(len(a), -1).astype(np.float32)  # pixel counts stay exact in float32 up to 16.7 M pixels
+    fb = b.reshape(len(b), -1).astype(np.float32)
+    inter = fa @ fb.T
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    return inter / np.maximum(union, 1)
+
+
+def mask_matches(found: Instances, masks: np.ndarray, classes: np.ndarray, iou: float = 0.5) -> int:
+    """How many of `found` match a mask of the same class (mask IoU >= iou), greedily from the highest score;
+    each mask matches once."""
+    if len(found) == 0 or len(masks) == 0:
+        return 0
+    ious = mask_iou(found.masks, masks)
+    ious[found.classes[:, None] != np.asarray(classes)[None, :]] = 0
+    matched = 0
+    for i in np.argsort(-found.scores, kind="stable"):
+        j = int(np.argmax(ious[i]))
+        if ious[i, j] >= iou:
+            ious[:, j] = 0
+            matched += 1
+    return matched
+
+
+def instance_f1(ref: Instances, other: Instances, iou: float = 0.5) -> float:
+    """F1 of greedily matching `other` to `ref` (same class, mask IoU >= iou); 1.0 when both are empty."""
+    if len(ref) == 0 and len(other) == 0:
+        return 1.0
+    return 2 * mask_matches(other, ref.masks, ref.classes, iou) / (len(ref) + len(other))
+
+
+def truth_masks(truth: Truth) -> Optional[np.ndarray]:
+    """The ground truth's per-object masks [N, H, W], or None where the source has none (a class map only)."""
+    masks = truth.get("instance_masks")
+    if masks is None:
+        masks = truth.get("mask")
+    masks = None if masks is None else np.asarray(masks)
+    return masks if masks is not None and masks.ndim == 3 else None
+
+
+class MaskMeanAveragePrecision(Accuracy):
+    """Mask mAP@0.5 and mAP@0.5:0.95 by the COCO protocol (faster-coco-eval, iouType "segm"), box mAP beside.
+    Masks are kept as RLE, so a whole dataset's fit in memory."""
+
+    def __init__(self, card: ModelCard) -> None:
+        self.num_classes = card.num_classes
+        self.preds: List[Dict[str, Any]] = []
+        self.gts: List[Dict[str, Any]] = []
+
+    def add(self, result: Instances, truth: Truth) -> None:
+        masks = truth_masks(truth)
+        if masks is None:
+            raise EdgekitError("instance segmentation accuracy needs each object's mask in the ground truth "
+                               "(COCO annotations with a 'segmentation' per object)")
+        self.preds.append({"boxes": result.boxes, "scores": result.scores, "classes": result.classes,
+                           "masks": [datasets.rle_encode(m) for m in result.masks]})
+        self.gts.append({"boxes": truth["boxes"], "classes": truth["classes"],
+                         "masks": [datasets.rle_encode(m) for m in masks]})
+
+    def summary(self) -> Dict[str, Any]:
+        boxes = detection_map(self.preds, self.gts, self.num_classes)
+        return {**instance_map(self.preds, self.gts, self.num_classes),
+                "box_mAP50": boxes["mAP50"], "box_mAP50_95": boxes["mAP50_95"]}
+
+
+class MaskPrecisionRecall(Accuracy):
+    """Precision and recall at mask IoU 0.5 (same class), for every frame of a stream; by box IoU where the
+    source gives boxes but no per-object masks (synthetic:// gives a class map)."""
+
+    def __init__(self) -> None:
+        self.tp = self.fp = self.fn = 0
+        self.by_mask = self.by_box = 0
+
+    def add(self, result: Instances, truth: Truth) -> None:
+        if "boxes" not in truth:
+            return
+        classes = np.asarray(truth["classes"], np.int64)
+        masks = truth_masks(truth)
+        if masks is not None and masks.shape[1:] == result.masks.shape[1:]:
+            matched, n = mask_matches(result, masks, classes), len(masks)
+            self.by_mask += 1
+        else:
+            boxes = np.asarray(truth["boxes"], np.float32).reshape(-1, 4)
+            matched, n = matches(result.detections(), boxes, classes), len(boxes)
+            self.by_box += 1
+        self.tp += matched
+        self.fp += len(result) - matched
+        self.fn += n - matched
+
+    def summary(self) -> Dict[str, Any]:
+        return {"precision": self.tp / max(1, self.tp + self.fp), "recall": self.tp / max(1, self.tp + self.fn),
+                "true_positives": self.tp, "false_positives": self.fp, "false_negatives": self.fn,
+                "matched_by": "box" if self.by_box > self.by_mask else "mask"}
+
+
+@register_task
+class InstanceSegmentation(Task):
+    name = "instance_segmentation"
+    description = "boxes with a class, a score and a mask of the object's pixels"
+    metric_label = "mask mAP@0.5 / mAP@0.5:0.95"
+    primary_metric = "mask_mAP50_95"
+    agreement_key = "instance_f1"
+    truth_kind = "boxes"  # streams give boxes per object (synthetic://, synth videos), no masks: scored by box
+    eval_score_threshold = 0.001  # COCO practice, as for detection
+
+    def load_dataset(self, root: Any, split: str, fmt: str = "auto") -> datasets.Dataset:
+        return datasets.load_instances(root, split)
+
+    def draw(self, image: np.ndarray, result: Instances, card: ModelCard) -> None:
+        colours = draw.palette(card.num_classes).astype(np.float32)  # a class's box and mask share its colour
+        for m, c in zip(result.masks, result.classes):
+            image[m] = (image[m] * 0.5 + colours[c] * 0.5).astype(np.uint8)
+        draw.draw_boxes(image, result.boxes, result.scores, result.classes, card.classes)
+
+    def to_json(self, result: Instances, card: ModelCard) -> Dict[str, Any]:
+        return {"detections": [
+            {"class": card.classes[int(c)], "class_id": int(c), "score": round(float(s), 4),
+             "box": [round(float(v), 1) for v in b], "mask": datasets.rle_encode(m)}
+            for b, s, c, m in zip(result.boxes, result.scores, result.classes, result.masks)
+        ]}
+
+    def accuracy(self, card: ModelCard) -> Accuracy:
+        return MaskMeanAveragePrecision(card)
+
+    def stream_accuracy(self, card: ModelCard) -> Accuracy:
+        return MaskPrecisionRecall()
+
+    def agreement(self, reference: Instances, other: Instances) -> float:
+        return instance_f1(reference, other)
+
+    def accuracy_text(self, metrics: Mapping[str, Any], compact: bool = False) -> str:
+        if compact:
+            return f"{metrics['mask_mAP50']:.3f} / {metrics['mask_mAP50_95']:.3f}"
+        return f"mask mAP@0.5 {metrics['mask_mAP50']:.3f}, mask mAP@0.5:0.95 {metrics['mask_mAP50_95']:.3f}"
+
+    def accuracy_details(self, metrics: Mapping[str, Any]) -> List[str]:
+        return ["", f"box mAP@0.5 {metrics['box_mAP50']:.3f}, box mAP@0.5:0.95 {metrics['box_mAP50_95']:.3f}"]
+
+    def stream_accuracy_text(self, metrics: Mapping[str, Any]) -> str:
+        by = "box IoU: the source gives no per-object masks" if metrics.get("matched_by") == "box" else "mask IoU"
+        return f"precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f} (>= 0.5 {by}, same class)"
