@@ -280,7 +280,8 @@ def test_manifest_missing_other_version_or_engine_changed(det_onnx, tmp_path):
     (lambda m: m["backend"].update(colour="blue"), "unknown field(s) backend.colour"),
     (lambda m: m.pop("precision"), "missing field precision"),
     (lambda m: m["io"]["inputs"][0].update(shape=None), "field 'io.inputs[0].shape' must be a list, got None"),
-    (lambda m: m["card"].update(task="pose"), "task must be one of detection, segmentation, not 'pose'"),
+    (lambda m: m["card"].update(task="pose"), "task must be one of detection, instance_segmentation, segmentation, "
+                                              "not 'pose'"),
     (lambda m: m["int8"] or m.update(int8=[]), "field 'int8' must be a mapping, got []"),
 ])
 def test_an_edited_manifest_is_one_line_naming_the_field(det_onnx, tmp_path, edit, message):

@@ -188,22 +188,29 @@ def run_outputs(onnx_file: Path, card: ModelCard, source: str, fixed: Sequence[s
 
 def resolve_layout(described: Described, outputs: List[TensorSpec], source: str) -> ModelCard:
     """The card with the layout its outputs are in: the given one, checked, or the one registered layout
-    of the task that recognises them."""
+    of the task that recognises them (with the --layout-param values given, where that layout takes them)."""
     card = described.card
     if not described.layout_given:
-        fitting = [lay.name for lay in registry.layouts(card.task) if lay.recognises(outputs, card)]
+        params = described.pending_params or {}
+        fitting = []
+        for lay in registry.layouts(card.task):
+            try:
+                lay.check_params(params, source)
+            except EdgekitError:
+                continue  # parameters of another layout
+            trial = dataclasses.replace(card, output_layout=lay.name, layout_params=dict(params))
+            if lay.recognises(outputs, trial):
+                fitting.append(trial)
         if len(fitting) != 1:
             seen = ", ".join(f"{o.name} {list(o.shape)} {o.dtype}" for o in outputs)
             known = ", ".join(lay.name for lay in registry.layouts(card.task))
             if not fitting:
                 raise EdgekitError(f"{source}: outputs {seen} fit no {card.task} layout edgekit knows ({known}) with "
-                                   f"{card.num_classes} classes; check --classes, or force one with --layout NAME "
-                                   "(edgekit layouts describes them)")
-            raise EdgekitError(f"{source}: outputs {seen} fit the layouts {', '.join(fitting)}; choose one with "
-                               "--layout NAME")
-        card = dataclasses.replace(card, output_layout=fitting[0])
-    if described.pending_params:
-        card = dataclasses.replace(card, layout_params=dict(described.pending_params))
+                                   f"{card.num_classes} classes" + (f" and output.params {params}" if params else "") +
+                                   "; check --classes, or force one with --layout NAME (edgekit layouts describes "
+                                   "them)")
+            raise EdgekitError(f"{source}: outputs {seen} fit the layouts "
+                               f"{', '.join(c.output_layout for c in fitting)}; choose one with --layout NAME")
+        card = fitting[0]
     registry.layout(card.output_layout).check(outputs, card, source)
     return card
-
