@@ -183,3 +183,14 @@ def test_ultralytics_metadata_settles_look_alike_heads(tmp_path, meta, layout, r
     assert r.returncode == 0, r.stderr
     card = json.loads(mf.path_for(tmp_path / "e.onnx").read_text())["card"]
     assert card["output"]["layout"] == layout and card["resize"]["mode"] == resize
+
+
+def test_layout_params_given_for_a_card_that_names_its_layout(tmp_path):
+    """--layout-param on an ONNX whose card names its layout applies to that layout (not silently dropped)."""
+    from edgekit.build.demo import SHIPPED
+    from edgekit.build.export import export
+
+    det = export(SHIPPED["detection"], tmp_path / "det.onnx").path
+    r = run_cli("build-engine", str(det), "-o", str(tmp_path / "e.onnx"), "--backend", "onnxruntime",
+                "--layout-param", "threshold=0.3")
+    assert_one_line_error(r, "unknown parameter(s) threshold for layout 'yolov8'")

@@ -53,8 +53,10 @@ def card_for(model: Any, source: str, card_file: Optional[str], overrides: Mappi
     fields = dict(overrides)
     if layout:
         fields["output_layout"] = layout
-    # Parameters belong to a layout: without one named, they wait until the outputs have been recognised.
-    pending = fields.pop("layout_params", None) if not (layout or card_file) else None
+    elif base is not None and fields.get("task", base.task) != base.task:  # another task: recognise its layout
+        fields["output_layout"], fields["layout_params"], layout_given = "", fields.get("layout_params", {}), False
+    # Parameters belong to a layout: without one known, they wait until the outputs have been recognised.
+    pending = fields.pop("layout_params", None) if not layout_given else None
     if base is None:
         missing = [flag for flag, key in (("--task", "task"), ("--classes", "classes"), ("--input-size", "input_size"))
                    if key not in fields and not (key == "input_size" and _static_hw(graph_in))]
@@ -70,8 +72,8 @@ def card_for(model: Any, source: str, card_file: Optional[str], overrides: Mappi
     else:
         if "input_name" not in fields and base.input_name != graph_in.name and origin != "edgekit metadata":
             fields["input_name"] = graph_in.name
-        if fields.get("task", base.task) != base.task and not layout:  # another task: its layout is recognised
-            fields["output_layout"], fields["layout_params"], layout_given = "", {}, False
+        if not layout_given:  # the file's parameters belong to its layout, which is recognised again
+            fields["layout_params"] = {}
         card = dataclasses.replace(base, **fields)
     if card.input_name != graph_in.name:
         raise EdgekitError(f"{source}: the graph's input is '{graph_in.name}', the card says '{card.input_name}'")
