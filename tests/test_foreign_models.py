@@ -194,3 +194,19 @@ def test_layout_params_given_for_a_card_that_names_its_layout(tmp_path):
     r = run_cli("build-engine", str(det), "-o", str(tmp_path / "e.onnx"), "--backend", "onnxruntime",
                 "--layout-param", "threshold=0.3")
     assert_one_line_error(r, "unknown parameter(s) threshold for layout 'yolov8'")
+
+
+def test_an_input_without_batch_axis_says_how_to_export(tmp_path):
+    """torchvision's detectors exported from a list of images take [3, H, W]: say how to export them instead."""
+    import torch
+
+    class OneImage(torch.nn.Module):
+        def forward(self, x):
+            return x.mean((1, 2))[None, :, None].expand(1, 3, 10)
+
+    path = tmp_path / "list.onnx"
+    torch.onnx.export(OneImage(), (torch.zeros(3, 64, 64),), str(path), input_names=["images"], dynamo=False,
+                      opset_version=17)
+    r = run_cli("build-engine", str(path), "-o", str(tmp_path / "e.onnx"), "--backend", "onnxruntime", "--task",
+                "detection", "--classes", "a", "--input-size", "64")
+    assert_one_line_error(r, "one image without a batch axis [3, 64, 64]", "torch.rand(1, 3, H, W)")

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torchvision
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, build_and_stream, run_cli
 
 import edgekit
 from edgekit.errors import EdgekitError
@@ -393,11 +393,10 @@ def test_build_engine_recognises_a_retinaface_export_with_its_defaults(exported,
     softmax false (the graph applies it) is given, and its preprocessing (BGR minus 104, 117, 123)."""
     onnx_file, _ = exported("retinaface export")
     engine = tmp_path / "face.engine.onnx"
-    r = run_cli("build-engine", str(onnx_file), "-o", str(engine), "--backend", "onnxruntime", "--task", "detection",
-                "--classes", "face", "--channel-order", "bgr", "--mean", "0.40784", "0.45882", "0.48235", "--std",
-                "0.0039216", "0.0039216", "0.0039216", "--layout-param", "softmax=False")
-    assert r.returncode == 0, r.stderr
-    assert "output layout priors" in r.stdout
+    stdout = build_and_stream(onnx_file, engine, "--task", "detection", "--classes", "face", "--channel-order", "bgr",
+                              "--mean", "0.40784", "0.45882", "0.48235", "--std", "0.0039216", "0.0039216", "0.0039216",
+                              "--layout-param", "softmax=False")
+    assert "output layout priors" in stdout
     assert_same_as_reference(engine, VARIANTS["retinaface export"])
 
 

@@ -134,6 +134,10 @@ def _static_hw(spec: TensorSpec) -> Optional[Tuple[int, int]]:
 def _check_input(spec: TensorSpec, card: ModelCard, source: str) -> None:
     shape = list(spec.shape)
     h, w = card.input_size
+    if len(shape) == 3 and shape[0] == 3:
+        raise EdgekitError(f"{source}: input '{spec.name}' is one image without a batch axis {shape} (torchvision's "
+                           "detectors exported from a list of images); export with a batch instead: "
+                           "torch.onnx.export(model, (torch.rand(1, 3, H, W),), ...)")
     if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
         raise EdgekitError(f"{source}: input '{spec.name}' has shape {shape}; edgekit runs image models with an "
                            "NCHW input of 3 channels")
