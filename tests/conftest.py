@@ -83,3 +83,17 @@ def build_and_stream(onnx_file: Path, engine: Path, *card_flags: str) -> str:
     assert frames["in"] == frames["processed"] == 3 and frames["dropped"] == 0, frames
     assert len((out / "results.jsonl").read_text().splitlines()) == 3
     return r.stdout
+
+
+def export_onnx(module, path: Path, input_hw, output_names=("output0",)) -> Path:
+    """A small PyTorch module emitting some exporter's layout, as an ONNX with one [1, 3, H, W] input 'images'
+    (TorchScript exporter, opset 17, as edgekit's own export)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(module.eval(), (torch.zeros(1, 3, *input_hw),), str(path), input_names=["images"],
+                          output_names=list(output_names), opset_version=17, dynamo=False)
+    return path

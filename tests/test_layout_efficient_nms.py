@@ -10,12 +10,11 @@ reads past num_dets is caught. (The plugin's IoU suppression is left out: decodi
 either way.) Exported to ONNX, run by edgekit's ONNX Runtime backend on a letterboxed frame, and mapped back as
 YOLOv7's `scale_coords` does."""
 
-import warnings
 
 import numpy as np
 import pytest
 import torch
-from conftest import build_and_stream
+from conftest import build_and_stream, export_onnx
 
 import edgekit
 from edgekit.errors import EdgekitError
@@ -80,10 +79,7 @@ def plugin_reference(out: dict, conf: float, max_det: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("efficient_nms") / "tiny_efficient_nms.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(TinyEfficientNMS().eval(), (torch.zeros(1, 3, *INPUT),), str(path), input_names=["images"],
-                          output_names=NAMES, opset_version=17, dynamo=False)
+    export_onnx(TinyEfficientNMS().eval(), path, INPUT, NAMES)
     return path
 
 

@@ -4,12 +4,11 @@ exported to ONNX and run by edgekit's ONNX Runtime backend on a letterboxed fram
 reference written from ultralytics/utils/nms.py (`non_max_suppression`, end-to-end branch) and ultralytics/utils/ops.py
 (`scale_boxes`, `clip_boxes`)."""
 
-import warnings
 
 import numpy as np
 import pytest
 import torch
-from conftest import build_and_stream
+from conftest import build_and_stream, export_onnx
 
 import edgekit
 from edgekit.errors import EdgekitError
@@ -76,10 +75,7 @@ def ultralytics_reference(pred: np.ndarray, conf: float, max_det: int) -> np.nda
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("end2end") / "tiny_end2end.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(TinyEnd2End().eval(), (torch.zeros(1, 3, *INPUT),), str(path), input_names=["images"],
-                          output_names=["output0"], opset_version=17, dynamo=False)
+    export_onnx(TinyEnd2End().eval(), path, INPUT, ["output0"])
     return path
 
 

@@ -5,7 +5,6 @@ biubug6/Pytorch_Retinaface (layers/functions/prior_box.py `PriorBox`, utils/box_
 threshold, NMS, `boxes * scale`) on torchvision.ops.batched_nms, per class as SSD's `Detect` suppresses."""
 
 import math
-import warnings
 from itertools import product
 from typing import Any, Dict, List, NamedTuple, Tuple
 
@@ -14,7 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torchvision
-from conftest import assert_one_line_error, build_and_stream, run_cli
+from conftest import assert_one_line_error, build_and_stream, export_onnx, run_cli
 
 import edgekit
 from edgekit.errors import EdgekitError
@@ -202,11 +201,7 @@ def exported(tmp_path_factory):
     def get(name: str) -> Tuple[Any, Any]:
         if name not in cache:
             path = tmp_path_factory.mktemp("priors") / "tiny_priors.onnx"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-                torch.onnx.export(TinyPriorHead(VARIANTS[name]).eval(), (torch.zeros(1, 3, *INPUT),), str(path),
-                                  input_names=["images"], output_names=VARIANTS[name].output_names, opset_version=17,
-                                  dynamo=False)
+            export_onnx(TinyPriorHead(VARIANTS[name]).eval(), path, INPUT, VARIANTS[name].output_names)
             cache[name] = path, ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return cache[name]
 

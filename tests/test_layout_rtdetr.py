@@ -4,12 +4,11 @@ input, then class sigmoids), exported to ONNX and run by edgekit's ONNX Runtime 
 input, decoded by edgekit and by the reference written from ultralytics/models/rtdetr/predict.py
 (`RTDETRPredictor.postprocess`: xywh2xyxy, best class, score over conf, boxes times the frame's width and height)."""
 
-import warnings
 
 import numpy as np
 import pytest
 import torch
-from conftest import build_and_stream
+from conftest import build_and_stream, export_onnx
 
 import edgekit
 from edgekit.errors import EdgekitError
@@ -65,10 +64,7 @@ def ultralytics_reference(preds: torch.Tensor, conf: float, frame_wh: tuple) -> 
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("rtdetr") / "tiny_rtdetr.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(TinyRTDETR().eval(), (torch.zeros(1, 3, *INPUT),), str(path), input_names=["images"],
-                          output_names=["output0"], opset_version=17, dynamo=False)
+    export_onnx(TinyRTDETR().eval(), path, INPUT, ["output0"])
     return path
 
 

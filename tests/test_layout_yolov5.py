@@ -3,13 +3,13 @@
 decoded by edgekit and by the reference written from ultralytics/yolov5 utils/general.py (`non_max_suppression`
 with multi_label off, `scale_boxes`) on torchvision.ops."""
 
-import warnings
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 import torchvision
+from conftest import export_onnx
 
 from edgekit.errors import EdgekitError
 from edgekit.runtime import registry
@@ -104,10 +104,7 @@ def yolov5_reference(pred: torch.Tensor, conf_thres: float, iou_thres: float, ag
 @pytest.fixture(scope="module")
 def onnx_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("yolov5") / "tiny_yolov5.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice; edgekit exports with it too
-        torch.onnx.export(TinyYoloV5().eval(), (torch.zeros(1, 3, SIZE, SIZE),), str(path), input_names=["images"],
-                          output_names=["output0"], opset_version=17, dynamo=False)
+    export_onnx(TinyYoloV5().eval(), path, (SIZE, SIZE), ["output0"])
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
@@ -171,10 +168,7 @@ def test_build_engine_recognises_it_and_run_stream_runs_it(tmp_path):
     from conftest import build_and_stream
 
     path = tmp_path / "tiny_yolov5.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(TinyYoloV5().eval(), (torch.zeros(1, 3, SIZE, SIZE),), str(path), input_names=["images"],
-                          output_names=["output0"], opset_version=17, dynamo=False)
+    export_onnx(TinyYoloV5().eval(), path, (SIZE, SIZE), ["output0"])
     stdout = build_and_stream(path, tmp_path / "e.onnx", "--task", "detection", "--classes", ",".join(CLASSES))
     assert "output layout yolov5" in stdout
     card = json.loads((tmp_path / "e.onnx.manifest.json").read_text())["card"]
