@@ -14,6 +14,7 @@ from edgekit.cli import (
     demo,
     doctor,
     export,
+    import_model,
     layouts,
     models,
     profile,
@@ -26,8 +27,8 @@ from edgekit.cli import eval as eval_verb
 from edgekit.errors import EdgekitError, MissingDependency
 
 # In the order `edgekit --help` lists them.
-VERBS = (data, train, prune, export, build_engine, calib_set, run_stream, profile, eval_verb, sweep, doctor, demo,
-         models, layouts)
+VERBS = (data, train, import_model, prune, export, build_engine, calib_set, run_stream, profile, eval_verb, sweep,
+         doctor, demo, models, layouts)
 
 # import name -> (package to install, edgekit extra that brings it)
 OPTIONAL_MODULES = {

@@ -32,7 +32,7 @@ _SCHEMA: Dict[str, Optional[Tuple[str, ...]]] = {
     "output": ("name", "layout", "params"),
     "postprocess": ("score_threshold", "iou_threshold", "max_detections", "agnostic_nms"),
 }
-_OPTIONAL_KEYS = ("description", "metrics", "training", "edgekit_version", "pruning", "sparsity")
+_OPTIONAL_KEYS = ("description", "metrics", "training", "edgekit_version", "pruning", "sparsity", "source")
 # Keys added after cards were first written are optional, and written only when they differ from the default,
 # so the cards and ONNX files made before them stay as they were.
 _OPTIONAL_SUBKEYS = {"postprocess": ("score_threshold", "iou_threshold", "max_detections", "agnostic_nms"),

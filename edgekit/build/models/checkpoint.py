@@ -9,6 +9,7 @@ from typing import Optional, Tuple
 
 from torch import nn
 
+from edgekit.build.models import sources
 from edgekit.build.models.pruning_record import replay
 from edgekit.build.models.registry import create, model_task
 from edgekit.errors import EdgekitError, MissingDependency
@@ -63,6 +64,10 @@ def save(model: nn.Module, card: ModelCard, stem: "str | Path") -> Path:
 
 def build(card: ModelCard) -> nn.Module:
     """An untrained model of the card's architecture, classes and input size (pruned as the card records)."""
+    if sources.is_source(card.arch):  # a model the user brought (edgekit import-model)
+        source = card.extra.get("source") or {}
+        model = sources.create(card.arch, card.arch_args, source.get("code_path", ""))
+        return sources.OneOutput(model, source["output"]) if source.get("output") else model
     arch_task = model_task(card.arch)
     if arch_task != card.task:
         raise EdgekitError(

@@ -1,0 +1,108 @@
+"""Models users bring as PyTorch: a torchvision segmenter and a user's own nn.Module, each with a state dict
+from "their training", through import-model -> export -> build-engine -> run-stream with no hand-written card."""
+
+import json
+import textwrap
+
+import pytest
+import torch
+from conftest import assert_one_line_error, build_and_stream, run_cli
+
+from edgekit.build.models import checkpoint
+
+LRASPP = "torchvision:lraspp_mobilenet_v3_large(num_classes=3, weights_backbone=None)"
+IMAGENET = ("--mean", "0.485", "0.456", "0.406", "--std", "0.229", "0.224", "0.225")
+
+
+@pytest.fixture(scope="module")
+def lraspp_weights(tmp_path_factory):
+    """A state dict as a user's training saves it (torch.save(model.state_dict()))."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.get_model("lraspp_mobilenet_v3_large", num_classes=3, weights_backbone=None)
+    path = tmp_path_factory.mktemp("user") / "lraspp_best.pt"
+    torch.save(model.state_dict(), path)
+    return path, model
+
+
+def test_a_torchvision_segmenter_goes_the_whole_way(lraspp_weights, tmp_path):
+    weights, original = lraspp_weights
+    r = run_cli("import-model", LRASPP, "--weights", str(weights), "--task", "segmentation", "--classes",
+                "background,road,car", "--input-size", "160x128", *IMAGENET, "-o", str(tmp_path / "ckpt"))
+    assert r.returncode == 0, r.stderr
+    assert "output layout logits (the model's 'out' output)" in r.stdout
+    model, card = checkpoint.load(tmp_path / "ckpt" / "lraspp_best.safetensors")
+    assert card.arch == "torchvision:lraspp_mobilenet_v3_large" and card.arch_args["num_classes"] == 3
+    x = torch.rand(1, 3, 128, 160)
+    with torch.no_grad():  # the reloaded checkpoint is the user's model, bit for bit
+        assert torch.equal(model(x), original.eval()(x)["out"])
+    r = run_cli("export", str(tmp_path / "ckpt" / "lraspp_best.safetensors"), "-o", str(tmp_path / "m.onnx"))
+    assert r.returncode == 0, r.stderr
+    stdout = build_and_stream(tmp_path / "m.onnx", tmp_path / "m.fp32.onnx")
+    assert "agreement with FP32" in stdout
+
+
+def test_a_users_own_module(tmp_path):
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "mynets.py").write_text(textwrap.dedent('''
+        import torch
+        from torch import nn
+
+
+        class Net(nn.Module):
+            """A user's detector emitting the YOLOv8 layout [B, 4 + classes, anchors]."""
+
+            def __init__(self, classes: int) -> None:
+                super().__init__()
+                self.body = nn.Sequential(nn.Conv2d(3, 16, 3, 8, 1), nn.ReLU(), nn.Conv2d(16, 4 + classes, 1))
+
+            def forward(self, x):
+                y = self.body(x).flatten(2)
+                return torch.cat([y[:, :4].sigmoid() * 64, y[:, 4:].sigmoid()], 1)
+
+
+        def make(classes=2):
+            return Net(classes)
+    '''))
+    torch.manual_seed(0)
+    import sys
+
+    sys.path.insert(0, str(code))
+    try:
+        import mynets
+
+        weights = tmp_path / "net.pt"
+        torch.save(mynets.make(classes=3).state_dict(), weights)
+    finally:
+        sys.path.remove(str(code))
+    args = ("import-model", "python:mynets:make(classes=3)", "--code-path", str(code), "--weights", str(weights),
+            "--task", "detection", "--classes", "a,b,c", "--input-size", "64", "-o", str(tmp_path / "ckpt"))
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert "output layout yolov8" in r.stdout
+    card = json.loads(json.dumps(checkpoint.load(tmp_path / "ckpt" / "net.safetensors")[1].to_dict()))
+    assert card["source"]["code_path"] == str(code)
+    assert run_cli("export", str(tmp_path / "ckpt"), "-o", str(tmp_path / "m.onnx")).returncode == 0
+    assert "detection_f1 1.0000" in build_and_stream(tmp_path / "m.onnx", tmp_path / "e.onnx")
+
+
+def test_bad_imports_are_one_line_and_write_nothing(lraspp_weights, tmp_path):
+    weights, original = lraspp_weights
+    out = tmp_path / "ckpt"
+    base = ("--task", "segmentation", "--classes", "a,b,c", "--input-size", "160x128", "-o", str(out))
+    pickled = tmp_path / "whole_model.pt"
+    torch.save(original, pickled)
+    assert_one_line_error(run_cli("import-model", LRASPP, "--weights", str(pickled), *base),
+                          "not a plain state dict", "torch.save(model.state_dict(), path)")
+    five = LRASPP.replace("num_classes=3", "num_classes=5")
+    assert_one_line_error(run_cli("import-model", five, "--weights", str(weights), *base),
+                          "weight 'classifier.low_classifier.weight' has shape (3, 40, 1, 1)",
+                          "the model's is (5, 40, 1, 1)")
+    assert_one_line_error(run_cli("import-model", "python:nowhere.nets:make()", *base), "cannot import nowhere.nets")
+    assert_one_line_error(run_cli("import-model", "torchvision:no_such_net()", *base), "building it failed")
+    assert_one_line_error(run_cli("import-model", "keras:resnet50", *base), "expected torchvision:NAME")
+    assert_one_line_error(run_cli("import-model", LRASPP, "--weights", str(weights), "--task", "segmentation",
+                                  "--classes", "a,b", "--input-size", "160x128", "-o", str(out)),
+                          "outputs output0 [1, 3, 128, 160] float32 fit no segmentation layout", "with 2 classes")
+    assert not out.exists()
