@@ -106,3 +106,45 @@ def test_bad_imports_are_one_line_and_write_nothing(lraspp_weights, tmp_path):
                                   "--classes", "a,b", "--input-size", "160x128", "-o", str(out)),
                           "outputs output0 [1, 3, 128, 160] float32 fit no segmentation layout", "with 2 classes")
     assert not out.exists()
+
+
+def test_an_imported_model_prunes_and_reloads_bit_exact(lraspp_weights, tmp_path):
+    """Torch-Pruning on a user's model: its output layers found from the graph (LRASPP has two classifiers),
+    the pruned shapes replayed onto the model built again from its source, the weights loaded as they were."""
+    from edgekit.build.pruning.channels import output_layers, prune_channels, pruned_card
+
+    weights, _ = lraspp_weights
+    r = run_cli("import-model", LRASPP, "--weights", str(weights), "--task", "segmentation", "--classes",
+                "background,road,car", "--input-size", "160x128", *IMAGENET, "-o", str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr
+    model, card = checkpoint.load(tmp_path / "c")
+    heads = output_layers(model, card)
+    names = {m: n for n, m in model.named_modules()}
+    assert sorted(names[m] for m in heads) == ["model.classifier.high_classifier", "model.classifier.low_classifier"]
+    before = sum(p.numel() for p in model.parameters())
+    prune_channels(model, card, 0.3, "l2", 8)
+    assert sum(p.numel() for p in model.parameters()) < 0.8 * before
+    checkpoint.save(model, pruned_card(card, model, {"ratio": 0.3}, "lraspp-p30"), tmp_path / "p" / "pruned")
+    again, again_card = checkpoint.load(tmp_path / "p" / "pruned.safetensors")
+    x = torch.rand(1, 3, 128, 160)
+    with torch.no_grad():
+        assert torch.equal(again(x), model.eval()(x))
+    # and the command a user types, then the rest of the way
+    r = run_cli("prune", str(tmp_path / "c"), "--ratio", "0.3", "--finetune-epochs", "0", "--report-duration", "0.2",
+                "-o", str(tmp_path / "pruned"), "-q")
+    assert r.returncode == 0, r.stderr
+    assert run_cli("export", str(tmp_path / "pruned" / "pruned.safetensors"), "-o",
+                   str(tmp_path / "p.onnx")).returncode == 0
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    import cv2
+    import numpy as np
+
+    for i in range(4):
+        cv2.imwrite(str(calib / f"{i}.png"), np.random.default_rng(i).integers(0, 255, (128, 160, 3), np.uint8))
+    r = run_cli("build-engine", str(tmp_path / "p.onnx"), "-o", str(tmp_path / "p.int8.onnx"), "--backend",
+                "onnxruntime", "--precision", "int8", "--calib", str(calib), "--calib-size", "4")
+    assert r.returncode == 0, r.stderr
+    s = run_cli("run-stream", str(tmp_path / "p.int8.onnx"), "synthetic://?size=320x240&fps=0", "--max-frames", "3",
+                "-o", str(tmp_path / "s"), "-q", "--no-video")
+    assert s.returncode == 0, s.stderr

@@ -67,13 +67,15 @@ def build(card: ModelCard) -> nn.Module:
     if sources.is_source(card.arch):  # a model the user brought (edgekit import-model)
         source = card.extra.get("source") or {}
         model = sources.create(card.arch, card.arch_args, source.get("code_path", ""))
-        return sources.OneOutput(model, source["output"]) if source.get("output") else model
-    arch_task = model_task(card.arch)
-    if arch_task != card.task:
-        raise EdgekitError(
-            f"model card: architecture '{card.arch}' is a {arch_task} model, card says task '{card.task}'"
-        )
-    model = create(card.arch, card.num_classes, card.input_size, **card.arch_args)
+        if source.get("output"):
+            model = sources.OneOutput(model, source["output"])
+    else:
+        arch_task = model_task(card.arch)
+        if arch_task != card.task:
+            raise EdgekitError(
+                f"model card: architecture '{card.arch}' is a {arch_task} model, card says task '{card.task}'"
+            )
+        model = create(card.arch, card.num_classes, card.input_size, **card.arch_args)
     if card.extra.get("pruning"):
         replay(model, card)  # the pruned shapes, from the record in the card
     return model

@@ -15,13 +15,37 @@ IMPORTANCES = ("l1", "l2", "taylor")
 _HANDLED = (nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.GroupNorm, nn.LayerNorm)
 
 
-def output_layers(model: nn.Module) -> List[nn.Module]:
-    """Layers whose channels are the model's output (never pruned)."""
+def output_layers(model: nn.Module, card: ModelCard) -> List[nn.Module]:
+    """Layers whose channels are the model's output (never pruned): the model's own list where it keeps one
+    (edgekit's architectures), else every conv or linear layer whose result reaches an output without passing
+    another one, found by walking the autograd graph back from the outputs (a user's model: LRASPP's two
+    classifiers, a detector's box and class heads)."""
     own = getattr(model, "output_layers", None)
     if own is not None:
         return list(own())
-    last = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))][-1:]
-    return last
+    producers: Dict[Any, nn.Module] = {}
+    hooks = [m.register_forward_hook(lambda mod, _i, out: producers.__setitem__(out.grad_fn, mod))
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    try:
+        with torch.enable_grad():
+            out = model.eval()(example_input(card).requires_grad_(True))
+    finally:
+        for h in hooks:
+            h.remove()
+    tensors = list(out.values()) if isinstance(out, dict) else (list(out) if isinstance(out, (list, tuple)) else [out])
+    found: List[nn.Module] = []
+    stack, seen = [t.grad_fn for t in tensors if isinstance(t, torch.Tensor) and t.grad_fn is not None], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if fn in producers:
+            if producers[fn] not in found:
+                found.append(producers[fn])
+            continue  # layers before it feed it, not the output
+        stack.extend(next_fn for next_fn, _ in fn.next_functions)
+    return found
 
 
 def unhandled_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
@@ -48,7 +72,7 @@ def prune_channels(model: nn.Module, card: ModelCard, ratio: float, importance: 
            "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
            "taylor": lambda: tp.importance.GroupTaylorImportance()}[importance]()
     skipped = unhandled_layers(model)
-    ignored = output_layers(model) + [m for _, m in skipped]
+    ignored = output_layers(model, card) + [m for _, m in skipped]
     model.eval()
     pruner = tp.pruner.MetaPruner(model, example_input(card), importance=imp, pruning_ratio=ratio,
                                   ignored_layers=ignored, round_to=round_to)
