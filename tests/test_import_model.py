@@ -85,6 +85,9 @@ def test_a_users_own_module(tmp_path):
     assert card["source"]["code_path"] == str(code)
     assert run_cli("export", str(tmp_path / "ckpt"), "-o", str(tmp_path / "m.onnx")).returncode == 0
     assert "detection_f1 1.0000" in build_and_stream(tmp_path / "m.onnx", tmp_path / "e.onnx")
+    r = run_cli("prune", str(tmp_path / "ckpt"), "--ratio", "0.3", "--data", str(tmp_path), "-o", str(tmp_path / "p"))
+    assert_one_line_error(r, "edgekit's detection loss trains edgekit's own detectors only", "--finetune-epochs 0")
+    assert not (tmp_path / "p").exists()
 
 
 def test_bad_imports_are_one_line_and_write_nothing(lraspp_weights, tmp_path):
@@ -148,3 +151,23 @@ def test_an_imported_model_prunes_and_reloads_bit_exact(lraspp_weights, tmp_path
     s = run_cli("run-stream", str(tmp_path / "p.int8.onnx"), "synthetic://?size=320x240&fps=0", "--max-frames", "3",
                 "-o", str(tmp_path / "s"), "-q", "--no-video")
     assert s.returncode == 0, s.stderr
+
+
+def test_an_imported_segmenter_is_pruned_and_fine_tuned(tiny_synth, tmp_path):
+    """prune's default path fine-tunes through the training loop: for a user's segmenter too, with its own
+    preprocessing and outputs kept; a user's detector is refused in one line (edgekit's detection loss
+    knows edgekit's heads only)."""
+    from edgekit.runtime.data import datasets
+
+    names = datasets.load_segmentation(tiny_synth, "train").classes
+    source = LRASPP.replace("num_classes=3", f"num_classes={len(names)}")
+    r = run_cli("import-model", source, "--task", "segmentation", "--classes", ",".join(names), "--input-size",
+                "128x96", *IMAGENET, "--name", "lraspp", "-o", str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr
+    r = run_cli("prune", str(tmp_path / "c"), "--ratio", "0.3", "--finetune-epochs", "1", "--data", str(tiny_synth),
+                "--max-train-images", "8", "--max-val-images", "4", "--report-duration", "0.2", "--device", "cpu",
+                "-o", str(tmp_path / "p"), "-q")
+    assert r.returncode == 0, r.stderr
+    model, card = checkpoint.load(tmp_path / "p" / "best.safetensors")
+    assert card.arch.startswith("torchvision:") and card.mean == (0.485, 0.456, 0.406) and card.extra["pruning"]
+    assert card.extra["source"]["output"] == "out"

@@ -78,6 +78,10 @@ def prune(checkpoint_path: str, opts: PruneOptions) -> Dict[str, Any]:
     opts.check()
     t0 = time.perf_counter()
     model, card = checkpoint.load(checkpoint_path)
+    if opts.finetune_epochs > 0:  # refused now, not after pruning: fine-tuning must be able to train it
+        from edgekit.build.train.objectives import objective
+
+        objective(card.task).check_model(model, card)
     out = Path(opts.out)
     if (out / "best.safetensors").exists() or (out / "pruned.safetensors").exists():
         raise EdgekitError(f"{out}: holds a pruned model already; choose another -o")

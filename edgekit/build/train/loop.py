@@ -12,7 +12,7 @@ import torch
 
 from edgekit import __version__
 from edgekit.build import sparsity
-from edgekit.build.models import checkpoint, model_task
+from edgekit.build.models import checkpoint, model_task, sources
 from edgekit.build.train.augment import augment
 from edgekit.build.train.logs import EpochLog, diagnose, plot_curves
 from edgekit.build.train.objectives import objective
@@ -59,7 +59,11 @@ class TrainConfig:
         c = dataclasses.replace(self)
         obj = objective(c.task)
         c.arch = c.arch or obj.default_arch
-        if model_task(c.arch) != c.task:
+        if sources.is_source(c.arch):  # a user's model: fine-tuned from its imported checkpoint
+            if not c.init:
+                raise EdgekitError(f"--arch {c.arch}: a model you bring trains from its checkpoint: pass --init CKPT "
+                                   "(from edgekit import-model)")
+        elif model_task(c.arch) != c.task:
             raise EdgekitError(f"--arch {c.arch} is a {model_task(c.arch)} model, not {c.task}")
         c.resize = c.resize or obj.default_resize
         c.imgsz = (int(c.imgsz[0]), int(c.imgsz[1]))
@@ -164,7 +168,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> Dict[str, Any]:
         init_model, init_card = checkpoint.load(cfg.init, task=cfg.task)
         if init_card.arch != cfg.arch:
             raise EdgekitError(f"--init {cfg.init}: architecture '{init_card.arch}' differs from --arch {cfg.arch}")
+        objective(cfg.task).check_model(init_model, init_card)
         del init_model
+        if sources.is_source(cfg.arch):  # a user's model keeps its source and its own preprocessing and outputs
+            card = dataclasses.replace(init_card, name=card.name, classes=card.classes, input_size=card.input_size,
+                                       extra={**card.extra, "source": init_card.extra.get("source", {})})
+            card.extra.pop("metrics", None)
         for key in ("pruning", "sparsity"):  # fine-tuning a pruned or sparse model keeps it so
             if key in init_card.extra:
                 card.extra[key] = init_card.extra[key]

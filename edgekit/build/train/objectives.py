@@ -27,6 +27,9 @@ class Objective:
              device: str) -> Tuple[torch.Tensor, Dict[str, float]]:
         raise NotImplementedError
 
+    def check_model(self, model: torch.nn.Module, card: ModelCard) -> None:
+        """A one-line error where this loss cannot train the model (before anything is written)."""
+
 
 class Detection(Objective):
     task = "detection"
@@ -41,6 +44,11 @@ class Detection(Objective):
              device: str) -> Tuple[torch.Tensor, Dict[str, float]]:
         return detection_loss(model, images, [(b.to(device), c.to(device)) for b, c in targets])
 
+    def check_model(self, model: torch.nn.Module, card: ModelCard) -> None:
+        if not hasattr(model, "forward_raw"):  # the loss assigns targets to the anchor points of edgekit's head
+            raise EdgekitError(f"{card.arch}: edgekit's detection loss trains edgekit's own detectors only; prune "
+                               "with --finetune-epochs 0 and fine-tune in your own training code, then import again")
+
 
 class Segmentation(Objective):
     task = "segmentation"
@@ -54,6 +62,11 @@ class Segmentation(Objective):
     def loss(self, model: torch.nn.Module, images: torch.Tensor, targets: List[Any],
              device: str) -> Tuple[torch.Tensor, Dict[str, float]]:
         return segmentation_loss(model, images, torch.stack(targets).to(device))
+
+    def check_model(self, model: torch.nn.Module, card: ModelCard) -> None:
+        if card.output_layout != "logits":  # cross-entropy on per-class logits at the input size
+            raise EdgekitError(f"{card.arch}: fine-tuning needs per-class logits (layout 'logits'), this model gives "
+                               f"'{card.output_layout}'")
 
 
 OBJECTIVES = {o.task: o for o in (Detection(), Segmentation())}
