@@ -171,3 +171,21 @@ def test_an_imported_segmenter_is_pruned_and_fine_tuned(tiny_synth, tmp_path):
     model, card = checkpoint.load(tmp_path / "p" / "best.safetensors")
     assert card.arch.startswith("torchvision:") and card.mean == (0.485, 0.456, 0.406) and card.extra["pruning"]
     assert card.extra["source"]["output"] == "out"
+
+
+def test_ignore_layers_keeps_them_whole(lraspp_weights, tmp_path):
+    from edgekit.build.pruning.channels import prune_channels
+
+    weights, _ = lraspp_weights
+    r = run_cli("import-model", LRASPP, "--weights", str(weights), "--task", "segmentation", "--classes", "a,b,c",
+                "--input-size", "160x128", "-o", str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr
+    model, card = checkpoint.load(tmp_path / "c")
+    kept = "model.backbone.4.block.0.0"
+    channels = dict(model.named_modules())[kept].out_channels
+    prune_channels(model, card, 0.5, "l2", 8, keep=[kept])
+    assert dict(model.named_modules())[kept].out_channels == channels
+    r = run_cli("prune", str(tmp_path / "c"), "--ratio", "0.3", "--finetune-epochs", "0", "--ignore-layers",
+                "model.backbone.4.blok", "-o", str(tmp_path / "p"))
+    assert_one_line_error(r, "--ignore-layers model.backbone.4.blok: the model has no such layer", "did you mean")
+    assert not (tmp_path / "p").exists()

@@ -7,16 +7,23 @@ YAML like any other, never a pickled module (STYLE.md, Torch-Pruning's replay id
 
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
 
 from edgekit.build import sparsity
 from edgekit.build.models.pruning_record import torch_pruning
-from edgekit.build.pruning.channels import IMPORTANCES, channel_counts, complexity, prune_channels, pruned_card
+from edgekit.build.pruning.channels import (
+    IMPORTANCES,
+    channel_counts,
+    complexity,
+    named_layers,
+    prune_channels,
+    pruned_card,
+)
 from edgekit.build.pruning.report import markdown, measure_stages
 from edgekit.build.pruning.targets import search_ratio
 from edgekit.errors import EdgekitError
@@ -45,6 +52,7 @@ class PruneOptions:
     progress: bool = True
     report_seconds: float = 3.0  # latency of each stage in the report: at least this long
     name: str = ""  # the pruned model's name in its card (default: NAME-pRATIO)
+    ignore_layers: List[str] = field(default_factory=list)  # layers to leave unpruned besides the output layers
 
     def check(self) -> None:
         targets = [t for t in (self.ratio, self.target_macs, self.target_latency_ms) if t is not None]
@@ -78,6 +86,7 @@ def prune(checkpoint_path: str, opts: PruneOptions) -> Dict[str, Any]:
     opts.check()
     t0 = time.perf_counter()
     model, card = checkpoint.load(checkpoint_path)
+    named_layers(model, opts.ignore_layers)  # a name the model lacks is refused before anything is written
     if opts.finetune_epochs > 0:  # refused now, not after pruning: fine-tuning must be able to train it
         from edgekit.build.train.objectives import objective
 
@@ -97,7 +106,7 @@ def prune(checkpoint_path: str, opts: PruneOptions) -> Dict[str, Any]:
     def pruned_copy(r: float) -> nn.Module:
         m, _ = checkpoint.load(checkpoint_path)
         if r > 0:
-            prune_channels(m, card, r, opts.importance, opts.round_to, taylor)
+            prune_channels(m, card, r, opts.importance, opts.round_to, taylor, opts.ignore_layers)
         return m
 
     ratio, tried, skipped = opts.ratio or 0.0, [], []
@@ -109,7 +118,7 @@ def prune(checkpoint_path: str, opts: PruneOptions) -> Dict[str, Any]:
                                     opts.target_latency_ms, "latency_ms", " ms", step=0.1)
     ensure_writable_dir(out)  # only now: a refused target leaves nothing behind
     if ratio > 0:
-        skipped = prune_channels(model, card, ratio, opts.importance, opts.round_to, taylor)
+        skipped = prune_channels(model, card, ratio, opts.importance, opts.round_to, taylor, opts.ignore_layers)
     record = {"tool": f"torch-pruning {torch_pruning().__version__}", "ratio": round(ratio, 4),
               "importance": opts.importance, "round_to": opts.round_to, "from": str(checkpoint_path),
               "layers_left_unpruned": skipped}

@@ -27,6 +27,8 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     pn.add_argument("--backend", default="onnxruntime", choices=ENGINE_BACKENDS, metavar="BACKEND",
                     help="where --target-latency is measured: %(choices)s (default onnxruntime)")
     pn.add_argument("--importance", default="l2", choices=("l1", "l2", "taylor"))
+    pn.add_argument("--ignore-layers", metavar="NAME,NAME", type=lambda t: [v.strip() for v in t.split(",") if v],
+                    default=[], help="layers to leave unpruned besides the output layers (found from the graph)")
     pn.add_argument("--round-to", type=int, default=8, help="keep channel counts multiples of this (default 8)")
     pn.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs (default 10; 0: none)")
     pn.add_argument("--lr", type=float, default=1e-3, help="fine-tuning peak learning rate (default 1e-3)")
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         round_to=args.round_to, finetune_epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size,
         sparsity=args.sparsity, format=args.format, device=args.device, max_train_images=args.max_train_images,
         max_val_images=args.max_val_images, progress=not args.quiet, report_seconds=args.report_duration,
-        name=args.name or "",
+        name=args.name or "", ignore_layers=args.ignore_layers,
     )
     r = prune(args.checkpoint, opts)
     print(markdown(r), end="")

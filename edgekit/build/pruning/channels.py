@@ -2,12 +2,13 @@
 The pruned shapes go into the card as a record (edgekit/build/models/pruning_record.py)."""
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from edgekit.build.models.pruning_record import example_input, torch_pruning
+from edgekit.errors import EdgekitError
 from edgekit.runtime.card import ModelCard
 
 IMPORTANCES = ("l1", "l2", "taylor")
@@ -64,15 +65,30 @@ def complexity(model: nn.Module, card: ModelCard) -> Tuple[int, int]:
     return int(macs), int(params)
 
 
+def named_layers(model: nn.Module, names: List[str]) -> List[nn.Module]:
+    """The modules `--ignore-layers` names; a one-line error for a name the model lacks (with close ones)."""
+    import difflib
+
+    modules = dict(model.named_modules())
+    for n in names:
+        if n not in modules:
+            close = difflib.get_close_matches(n, list(modules), n=3)
+            raise EdgekitError(f"--ignore-layers {n}: the model has no such layer" +
+                               (f" (did you mean {', '.join(close)}?)" if close else ""))
+    return [modules[n] for n in names]
+
+
 def prune_channels(model: nn.Module, card: ModelCard, ratio: float, importance: str, round_to: int,
-                   taylor_loss: Optional[Callable[[nn.Module], torch.Tensor]] = None) -> List[str]:
-    """Remove `ratio` of the channels of every prunable layer group, in place; returns the layers left alone."""
+                   taylor_loss: Optional[Callable[[nn.Module], torch.Tensor]] = None,
+                   keep: Sequence[str] = ()) -> List[str]:
+    """Remove `ratio` of the channels of every prunable layer group, in place, except the output layers and
+    those named in `keep`; returns the layers left alone because the pruner cannot reshape them."""
     tp = torch_pruning()
     imp = {"l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
            "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
            "taylor": lambda: tp.importance.GroupTaylorImportance()}[importance]()
     skipped = unhandled_layers(model)
-    ignored = output_layers(model, card) + [m for _, m in skipped]
+    ignored = output_layers(model, card) + [m for _, m in skipped] + named_layers(model, list(keep))
     model.eval()
     pruner = tp.pruner.MetaPruner(model, example_input(card), importance=imp, pruning_ratio=ratio,
                                   ignored_layers=ignored, round_to=round_to)
