@@ -189,3 +189,42 @@ def test_ignore_layers_keeps_them_whole(lraspp_weights, tmp_path):
                 "model.backbone.4.blok", "-o", str(tmp_path / "p"))
     assert_one_line_error(r, "--ignore-layers model.backbone.4.blok: the model has no such layer", "did you mean")
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("source, code", [
+    ("smp:Unet(encoder_name='resnet18', encoder_weights=None, classes=3)", None),
+    ("python:timmhead:make(classes=3)", '''
+import timm
+import torch.nn.functional as F
+from torch import nn
+
+
+class TimmHead(nn.Module):
+    """A timm backbone's features with the user's own segmentation head."""
+
+    def __init__(self, classes):
+        super().__init__()
+        self.backbone = timm.create_model("mobilenetv3_small_050", pretrained=False, features_only=True)
+        self.head = nn.Conv2d(self.backbone.feature_info.channels()[-1], classes, 1)
+
+    def forward(self, x):
+        return F.interpolate(self.head(self.backbone(x)[-1]), size=x.shape[2:], mode="bilinear")
+
+
+def make(classes):
+    return TimmHead(classes)
+'''),
+])
+def test_library_and_timm_backed_segmenters(tmp_path, source, code):
+    pytest.importorskip("timm")
+    pytest.importorskip("segmentation_models_pytorch")
+    extra = []
+    if code:
+        (tmp_path / "timmhead.py").write_text(code)
+        extra = ["--code-path", str(tmp_path)]
+    r = run_cli("import-model", source, *extra, "--task", "segmentation", "--classes", "a,b,c", "--input-size", "96x64",
+                *IMAGENET, "--name", "m", "-o", str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr
+    assert "output layout logits" in r.stdout
+    assert run_cli("export", str(tmp_path / "c"), "-o", str(tmp_path / "m.onnx")).returncode == 0
+    assert "pixel_agreement 1.0000" in build_and_stream(tmp_path / "m.onnx", tmp_path / "e.onnx")
