@@ -228,3 +228,50 @@ def test_library_and_timm_backed_segmenters(tmp_path, source, code):
     assert "output layout logits" in r.stdout
     assert run_cli("export", str(tmp_path / "c"), "-o", str(tmp_path / "m.onnx")).returncode == 0
     assert "pixel_agreement 1.0000" in build_and_stream(tmp_path / "m.onnx", tmp_path / "e.onnx")
+
+
+def test_a_torchvision_detector_is_refused_with_what_to_do(tmp_path):
+    """torchvision's detectors take a list of images: refused in one line that says how they do get in."""
+    pytest.importorskip("torchvision")
+    source = "torchvision:ssdlite320_mobilenet_v3_large(num_classes=4, weights_backbone=None)"
+    r = run_cli("import-model", source, "--task", "detection", "--classes", "a,b,c", "--input-size", "320",
+                "-o", str(tmp_path / "c"))
+    assert_one_line_error(r, "a detector that returns a dict of boxes per image",
+                          "export it to ONNX with one [1, 3, H, W]")
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_users_module_with_two_outputs(tmp_path):
+    """A user's instance segmenter in the YOLOv8-seg layout (boxes + coefficients, and prototypes): both outputs
+    exported under their own names and recognised together."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "segnets.py").write_text(textwrap.dedent('''
+        import torch
+        import torch.nn.functional as F
+        from torch import nn
+
+
+        class Seg(nn.Module):
+            def __init__(self, classes):
+                super().__init__()
+                self.stem = nn.Conv2d(3, 16, 3, 4, 1)
+                self.head = nn.Conv2d(16, 4 + classes + 32, 1)
+                self.protos = nn.Conv2d(16, 32, 1)
+
+            def forward(self, x):
+                f = F.relu(self.stem(x))
+                y = self.head(F.avg_pool2d(f, 2)).flatten(2)
+                boxes = y[:, :4].sigmoid() * x.shape[-1]
+                return torch.cat([boxes, y[:, 4:6].sigmoid(), y[:, 6:]], 1), self.protos(f)
+
+
+        def make(classes=2):
+            return Seg(classes)
+    '''))
+    r = run_cli("import-model", "python:segnets:make(classes=2)", "--code-path", str(code), "--task",
+                "instance_segmentation", "--classes", "a,b", "--input-size", "64", "-o", str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr
+    assert "output layout yolov8_seg" in r.stdout
+    assert run_cli("export", str(tmp_path / "c"), "-o", str(tmp_path / "m.onnx")).returncode == 0
+    assert "instance_f1" in build_and_stream(tmp_path / "m.onnx", tmp_path / "e.onnx")

@@ -64,6 +64,9 @@ def compare(reference: Dict[str, List[np.ndarray]], other: Dict[str, List[np.nda
     for name, refs in reference.items():
         worst_abs, scale, ok = 0.0, 1e-12, True
         for r, o in zip(refs, other[name]):
+            if r.shape != o.shape:  # e.g. a different number of detections: no element-wise comparison
+                worst_abs, ok = float("inf"), False
+                break
             diff = np.abs(r.astype(np.float64) - o.astype(np.float64))
             worst_abs = max(worst_abs, float(diff.max()))
             scale = max(scale, float(np.abs(r).max()))
@@ -98,7 +101,7 @@ def export(
     import onnx
     import torch
 
-    from edgekit.build.models import checkpoint
+    from edgekit.build.models import checkpoint, sources
 
     t0 = time.perf_counter()
     model, card = checkpoint.load(checkpoint_path)
@@ -108,6 +111,7 @@ def export(
         raise EdgekitError("--dynamic-batch takes the largest batch, 2 or more")
     h, w = card.input_size
     example = torch.zeros(1, 3, h, w)
+    names = sources.output_names(card)
     out = Path(out)
     frames = parity_frames(card, parity_images)
     inputs = parity_inputs(card, frames)
@@ -118,8 +122,9 @@ def export(
             # architectures are plain static graphs, which it handles fully.
             torch.onnx.export(
                 model, (example,), str(tmp), opset_version=opset, dynamo=False,
-                input_names=[card.input_name], output_names=[card.output_name], do_constant_folding=True,
-                dynamic_axes={card.input_name: {0: "batch"}, card.output_name: {0: "batch"}} if dynamic_batch else None,
+                input_names=[card.input_name], output_names=names, do_constant_folding=True,
+                dynamic_axes={card.input_name: {0: "batch"}, **{n: {0: "batch"} for n in names}} if dynamic_batch
+                else None,
             )
         proto = onnx.load(str(tmp))
         nodes_before = len(proto.graph.node)
@@ -144,12 +149,16 @@ def export(
         # Parity: the ONNX on ONNX Runtime against the checkpoint on PyTorch, same inputs.
         batch = inputs if not dynamic_batch else inputs + [np.concatenate(inputs[:2])]
         with torch.no_grad():
-            ref = {card.output_name: [model(torch.from_numpy(x)).numpy() for x in batch]}
+            outs = [sources.as_tuple(model(torch.from_numpy(x))) for x in batch]
+            ref = {n: [o[i].numpy() for o in outs] for i, n in enumerate(names)}
         got = run_onnxruntime(tmp, batch)
         parity = compare(ref, got, atol, rtol)
         bad = [p for p in parity if not p.ok]
         if bad:
             p = bad[0]
+            if p.max_abs == float("inf"):
+                raise EdgekitError(f"{out}: ONNX Runtime output '{p.output}' has another shape than PyTorch's on the "
+                                   "same input; not written")
             raise EdgekitError(
                 f"{out}: ONNX Runtime output '{p.output}' differs from PyTorch by up to {p.max_abs:.3g} "
                 f"(tolerance {atol:g} + {rtol:g}*|x|); not written"

@@ -31,12 +31,12 @@ def import_model(source: str, weights: Optional[str], out: str, card_fields: Map
     if weights:
         sources.load_state(model, sources.state_dict(Path(weights)), weights)
     key = sources.output_key(model, fields["input_size"], arch)
-    if key:
-        model = sources.OneOutput(model, key)
+    model = sources.adapt(model, key)
     params = fields.pop("layout_params", None)
     name = fields.pop("name", None) or Path(weights or arch.split(":")[-1]).stem
     card = ModelCard(name=name, arch=arch, arch_args=dict(kwargs), output_layout=layout or "",
-                     extra={"source": {k: v for k, v in (("output", key), ("code_path", code_path)) if v}},
+                     extra={"source": {k: v for k, v in (("output", key), ("code_path", code_path),
+                                                         ("outputs", _names(model, fields))) if v}},
                      layout_params=dict(params) if params and layout else {}, **fields)
     card = describe.resolve_layout(describe.Described(card, bool(layout), "import-model", params if not layout
                                                       else None), _outputs(model, card), source)
@@ -48,9 +48,19 @@ def import_model(source: str, weights: Optional[str], out: str, card_fields: Map
             "params": sum(p.numel() for p in model.parameters())}
 
 
-def _outputs(model: torch.nn.Module, card: ModelCard) -> List[TensorSpec]:
-    h, w = card.input_size
+def _run(model: torch.nn.Module, input_size: Any) -> Any:
+    h, w = input_size
     with torch.no_grad():
-        y = model.eval()(torch.zeros(1, 3, h, w))
-    return [TensorSpec(card.output_name, tuple(y.shape), str(y.dtype).replace("torch.", ""))]
+        return sources.as_tuple(model.eval()(torch.zeros(1, 3, h, w)))
+
+
+def _names(model: torch.nn.Module, fields: Mapping[str, Any]) -> List[str]:
+    """Output names for a model of several outputs (its own, or output0, output1, ...); [] for one."""
+    n = len(_run(model, fields["input_size"]))
+    return [f"output{i}" for i in range(n)] if n > 1 else []
+
+
+def _outputs(model: torch.nn.Module, card: ModelCard) -> List[TensorSpec]:
+    return [TensorSpec(name, tuple(y.shape), str(y.dtype).replace("torch.", ""))
+            for name, y in zip(sources.output_names(card), _run(model, card.input_size))]
 

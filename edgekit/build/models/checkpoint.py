@@ -67,8 +67,7 @@ def build(card: ModelCard) -> nn.Module:
     if sources.is_source(card.arch):  # a model the user brought (edgekit import-model)
         source = card.extra.get("source") or {}
         model = sources.create(card.arch, card.arch_args, source.get("code_path", ""))
-        if source.get("output"):
-            model = sources.OneOutput(model, source["output"])
+        model = sources.adapt(model, source.get("output", ""))
     else:
         arch_task = model_task(card.arch)
         if arch_task != card.task:

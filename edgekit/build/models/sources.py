@@ -8,7 +8,7 @@ import ast
 import importlib
 import sys
 from pathlib import Path
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 import torch
 from torch import nn
@@ -86,6 +86,16 @@ def create(arch: str, kwargs: Mapping[str, Any], search_path: str = "") -> nn.Mo
     return model
 
 
+def as_tuple(out: Any) -> Tuple[torch.Tensor, ...]:
+    """A model's output as a tuple of tensors (a model of several outputs returns a tuple)."""
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def output_names(card: Any) -> List[str]:
+    """What the exported ONNX calls the model's outputs: those the import recorded, else the card's one."""
+    return list((card.extra.get("source") or {}).get("outputs") or [card.output_name])
+
+
 class OneOutput(nn.Module):
     """A model whose forward returns a dict (torchvision's segmenters: {'out', 'aux'}) as the one tensor the
     runtime's layouts decode; the wrapped model keeps its own state-dict keys under `model.`."""
@@ -99,12 +109,22 @@ class OneOutput(nn.Module):
 
 
 def output_key(model: nn.Module, input_size: Tuple[int, int], arch: str) -> str:
-    """'' where the model returns one tensor; the dict key to export where it returns a dict."""
+    """'' where the model returns a tensor or a tuple of tensors; the dict key to export where it returns a dict."""
     h, w = input_size
     with torch.no_grad():
-        out = model.eval()(torch.zeros(1, 3, h, w))
-    if isinstance(out, torch.Tensor):
+        try:
+            out = model.eval()(torch.zeros(1, 3, h, w))
+        except Exception as e:  # e.g. torchvision's detectors, which take a list of images
+            raise EdgekitError(f"model source '{arch}': it does not run on a [1, 3, {h}, {w}] tensor "
+                               f"({type(e).__name__}); edgekit imports models that take a batch of images "
+                               "(torchvision's detectors: export them to ONNX with one [1, 3, H, W] input and "
+                               "build-engine that)") from None
+    if isinstance(out, torch.Tensor) or (isinstance(out, tuple) and all(isinstance(t, torch.Tensor) for t in out)):
         return ""
+    if isinstance(out, list) and out and isinstance(out[0], Mapping) and "boxes" in out[0]:
+        raise EdgekitError(f"model source '{arch}': a detector that returns a dict of boxes per image (torchvision's); "
+                           "import-model does not take it yet: export it to ONNX with one [1, 3, H, W] input and "
+                           "build-engine that (the torchvision layout decodes it)")
     if isinstance(out, Mapping):
         tensors = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
         if "out" in tensors:
@@ -160,3 +180,8 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str)
                            if x)
         raise EdgekitError(f"{source}: the state dict does not fit the model: {detail}")
     model.load_state_dict(dict(state))
+
+
+def adapt(model: nn.Module, key: str) -> nn.Module:
+    """The model as edgekit exports it: as it is (key ''), or the one tensor of a dict output (the dict's key)."""
+    return OneOutput(model, key) if key else model
