@@ -169,8 +169,7 @@ def test_a_class_the_card_lacks_is_a_one_line_error(backend):
 def test_build_engine_recognises_it_and_edgekit_open_runs_it(onnx_file, tmp_path):
     """The whole of it as a user does it: the layout recognised by build-engine, decoded by edgekit.open's Model."""
     engine = tmp_path / "model.engine.onnx"
-    stdout = build_and_stream(onnx_file, engine, "--task", "detection",
-                "--classes", ",".join(CLASSES))
+    stdout = build_and_stream(onnx_file, engine, "--task", "detection", "--classes", ",".join(CLASSES))
     assert "output layout end2end" in stdout
     frame = render_image(seed=5, index=0, size=FRAME).image
     with edgekit.open(engine) as m:

@@ -151,8 +151,8 @@ def test_check_refuses_a_wrong_class_count_in_one_line(backend):
 def test_build_engine_recognises_it_and_edgekit_open_runs_it(onnx_file, tmp_path):
     """The whole of it as a user does it: the layout recognised by build-engine, decoded by edgekit.open's Model."""
     engine = tmp_path / "model.engine.onnx"
-    stdout = build_and_stream(onnx_file, engine, "--task", "detection",
-                "--classes", ",".join(CLASSES), "--resize", "stretch")
+    stdout = build_and_stream(onnx_file, engine, "--task", "detection", "--classes", ",".join(CLASSES), "--resize",
+                              "stretch")
     assert "output layout rtdetr" in stdout
     frame = render_image(seed=7, index=0, size=FRAME).image
     with edgekit.open(engine) as m:

@@ -194,8 +194,7 @@ def test_build_engine_recognises_it_and_edgekit_open_runs_it(net, tmp_path):
         warnings.simplefilter("ignore")
         torch.onnx.export(net, (torch.from_numpy(tensor),), str(onnx_file), input_names=["images"], opset_version=17,
                           dynamo=False)
-    stdout = build_and_stream(onnx_file, engine, "--task", "detection",
-                "--classes", ",".join(CLASSES))
+    stdout = build_and_stream(onnx_file, engine, "--task", "detection", "--classes", ",".join(CLASSES))
     assert "output layout torchvision" in stdout
     with torch.no_grad():
         own = {k: v.numpy() for k, v in net(torch.from_numpy(tensor))[0].items()}

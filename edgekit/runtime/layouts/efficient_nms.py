@@ -17,7 +17,7 @@ from edgekit.errors import EdgekitError
 from edgekit.runtime.backends.base import TensorSpec
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.layouts.base import DecodeParams, Layout
-from edgekit.runtime.layouts.shapes import class_indices, fits, is_float, is_integer
+from edgekit.runtime.layouts.shapes import class_indices, describe_outputs, fits, is_float, is_integer
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_layout
 from edgekit.runtime.tasks.detection import Detections
@@ -54,10 +54,6 @@ def roles(outputs: Sequence[Output]) -> Optional[Dict[str, str]]:
     return None
 
 
-def _describe(outputs: Sequence[Output]) -> str:
-    return ", ".join(f"'{n}' {list(s)} {d}" for n, s, d in outputs)
-
-
 @register_layout
 class EfficientNMS(Layout):
     name = "efficient_nms"
@@ -71,7 +67,7 @@ class EfficientNMS(Layout):
     def check(self, outputs: Sequence[TensorSpec], card: ModelCard, source: str) -> None:
         specs = [(o.name, tuple(o.shape), o.dtype) for o in outputs]
         if roles(specs) is None:
-            raise EdgekitError(f"{source}: outputs {_describe(specs)}; an EfficientNMS_TRT detector has four: "
+            raise EdgekitError(f"{source}: outputs {describe_outputs(specs)}; an EfficientNMS_TRT detector has four: "
                                "num_detections int32 [N, 1], boxes [N, max, 4], scores [N, max], "
                                "classes int32 [N, max]")
 
@@ -81,7 +77,7 @@ class EfficientNMS(Layout):
         found: List[Output] = [(n, (1,) + a.shape, a.dtype.name) for n, a in arrays.items()]
         role = roles(found)
         if role is None:
-            raise EdgekitError(f"outputs {_describe(found)} (one image's) are not EfficientNMS_TRT's four")
+            raise EdgekitError(f"outputs {describe_outputs(found)} (one image's) are not EfficientNMS_TRT's four")
         boxes = arrays[role["boxes"]].astype(np.float32)
         n = int(np.clip(arrays[role["num"]].reshape(-1)[0], 0, len(boxes)))
         # The plugin thresholded at its own score_threshold when the engine was built; the card's (or a command's)

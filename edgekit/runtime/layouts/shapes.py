@@ -1,7 +1,7 @@
 """What several layouts ask of an output's shape and dtype: dtype kinds, dimensions that may be dynamic, and
 the row counts of dense detection heads (which tell a head's raw rows from K already-suppressed detections)."""
 
-from typing import Any, Set, Tuple
+from typing import Any, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -31,6 +31,11 @@ def known(dim: Any) -> bool:
 def fits(dim: Any, want: Any) -> bool:
     """Two dimensions agree where both are known."""
     return not (known(dim) and known(want)) or dim == want
+
+
+def describe_outputs(outputs: Sequence[Tuple[str, Sequence[Any], str]]) -> str:
+    """"'boxes' [1, 100, 4] float32, ..." for messages; outputs as (name, shape, dtype name)."""
+    return ", ".join(f"'{n}' {list(s)} {d}" for n, s, d in outputs)
 
 
 def grid_cells(input_size: Tuple[int, int], strides: Tuple[int, ...]) -> int:

@@ -21,7 +21,7 @@ from edgekit.errors import EdgekitError
 from edgekit.runtime.backends.base import TensorSpec
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.layouts.base import DecodeParams, Layout
-from edgekit.runtime.layouts.shapes import fits
+from edgekit.runtime.layouts.shapes import describe_outputs, fits
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_layout
 from edgekit.runtime.tasks.detection import Detections
@@ -46,10 +46,6 @@ def roles(outputs: Sequence[Output]) -> Optional[Dict[str, str]]:
     return {"boxes": boxes[0][0], "labels": labels[0][0], "scores": scores[0][0]}
 
 
-def _describe(outputs: Sequence[Output]) -> str:
-    return ", ".join(f"'{n}' {list(s)} {d}" for n, s, d in outputs)
-
-
 @register_layout
 class TorchvisionDetection(Layout):
     name = "torchvision"
@@ -71,8 +67,8 @@ class TorchvisionDetection(Layout):
     def check(self, outputs: Sequence[TensorSpec], card: ModelCard, source: str) -> None:
         specs = [(o.name, tuple(o.shape), o.dtype) for o in outputs]
         if roles(specs) is None:
-            raise EdgekitError(f"{source}: outputs {_describe(specs)}; a torchvision detector has three, without a "
-                               "batch axis: boxes float [N, 4], labels int64 [N], scores float [N]")
+            raise EdgekitError(f"{source}: outputs {describe_outputs(specs)}; a torchvision detector has three, "
+                               "without a batch axis: boxes float [N, 4], labels int64 [N], scores float [N]")
         offset = int(self.param(card, "label_offset"))
         if offset < 0:
             raise EdgekitError(f"{source}: output.params.label_offset is {offset}; it is 1 where the card's classes "
@@ -87,9 +83,10 @@ class TorchvisionDetection(Layout):
             if any(a.shape == (4,) for a in arrays.values()):
                 # What indexing the first axis as a batch axis leaves of one image's boxes [N, 4]: a caller that
                 # bypassed image().
-                raise EdgekitError(f"outputs {_describe(found)} reached the torchvision layout indexed by image, but "
-                                   "a torchvision detector's outputs have no batch axis and must be passed whole")
-            raise EdgekitError(f"outputs {_describe(found)} are not a torchvision detector's boxes [N, 4], "
+                raise EdgekitError(f"outputs {describe_outputs(found)} reached the torchvision layout indexed by "
+                                   "image, but a torchvision detector's outputs have no batch axis and must be passed "
+                                   "whole")
+            raise EdgekitError(f"outputs {describe_outputs(found)} are not a torchvision detector's boxes [N, 4], "
                                "labels [N] and scores [N]")
         scores = arrays[role["scores"]].astype(np.float32)
         keep = np.flatnonzero(scores > params.score_threshold)

@@ -20,10 +20,6 @@ def detection_map(
     predictions[i]: {"boxes": Nx4 xyxy, "scores": N, "classes": N}; targets[i]: {"boxes", "classes"},
     both in the same pixel frame. Classes without ground truth are left out of the mean, as in COCO.
     """
-    try:
-        from faster_coco_eval import COCO, COCOeval_faster
-    except ImportError:
-        raise MissingDependency("faster-coco-eval", "eval") from None
     images, anns, dets = [], [], []
     for i, (p, t) in enumerate(zip(predictions, targets), start=1):
         images.append({"id": i, "width": 1, "height": 1})
@@ -35,20 +31,31 @@ def detection_map(
                            np.asarray(p["classes"]).tolist()):
             dets.append({"image_id": i, "category_id": int(c) + 1,
                          "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": float(s)})
+    map50, map50_95 = _coco_map(images, anns, dets, num_classes, "bbox")
+    return {"mAP50": map50, "mAP50_95": map50_95}
+
+
+
+def _coco_map(images: List[Dict[str, Any]], anns: List[Dict[str, Any]], dets: List[Dict[str, Any]],
+              num_classes: int, iou_type: str) -> Tuple[float, float]:
+    """(mAP@0.5, mAP@0.5:0.95) of COCO-format ground truth and results through faster-coco-eval; 0 where
+    either side is empty."""
+    try:
+        from faster_coco_eval import COCO, COCOeval_faster
+    except ImportError:
+        raise MissingDependency("faster-coco-eval", "eval") from None
     if not anns or not dets:
-        return {"mAP50": 0.0, "mAP50_95": 0.0}
+        return 0.0, 0.0
     gt = COCO({"images": images, "annotations": anns,
                "categories": [{"id": k + 1, "name": str(k)} for k in range(num_classes)]})
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(dets)
-        ev = COCOeval_faster(gt, dt, iouType="bbox")
+        ev = COCOeval_faster(gt, dt, iouType=iou_type)
         ev.params.maxDets = [1, 10, 100]
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    stats = ev.stats
-    return {"mAP50": max(0.0, float(stats[1])), "mAP50_95": max(0.0, float(stats[0]))}
-
+    return max(0.0, float(ev.stats[1])), max(0.0, float(ev.stats[0]))
 
 def instance_map(
     predictions: Sequence[Dict[str, Any]],
@@ -61,10 +68,6 @@ def instance_map(
     [N, H, W] arrays or lists of COCO RLE dicts ({"size": [h, w], "counts"}), all of one image's size. Classes
     without ground truth are left out of the mean, as in COCO.
     """
-    try:
-        from faster_coco_eval import COCO, COCOeval_faster
-    except ImportError:
-        raise MissingDependency("faster-coco-eval", "eval") from None
     images, anns, dets = [], [], []
     for i, (p, t) in enumerate(zip(predictions, targets), start=1):
         gt_rles, gt_size = _rles(t["masks"])
@@ -76,19 +79,9 @@ def instance_map(
                          "area": _area(rle), "bbox": _bbox(rle), "iscrowd": 0})
         for rle, s, c in zip(dt_rles, np.asarray(p["scores"]).tolist(), np.asarray(p["classes"]).tolist()):
             dets.append({"image_id": i, "category_id": int(c) + 1, "segmentation": rle, "score": float(s)})
-    if not anns or not dets:
-        return {"mask_mAP50": 0.0, "mask_mAP50_95": 0.0}
-    gt = COCO({"images": images, "annotations": anns,
-               "categories": [{"id": k + 1, "name": str(k)} for k in range(num_classes)]})
-    with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(dets)  # without "bbox" in the results: loadRes takes area and box from the masks
-        ev = COCOeval_faster(gt, dt, iouType="segm")
-        ev.params.maxDets = [1, 10, 100]
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    stats = ev.stats
-    return {"mask_mAP50": max(0.0, float(stats[1])), "mask_mAP50_95": max(0.0, float(stats[0]))}
+    # Without "bbox" in the results, loadRes takes each detection's area and box from its mask.
+    map50, map50_95 = _coco_map(images, anns, dets, num_classes, "segm")
+    return {"mask_mAP50": map50, "mask_mAP50_95": map50_95}
 
 
 def _rles(masks: Any) -> Tuple[List[Dict[str, Any]], Optional[Tuple[int, int]]]:
