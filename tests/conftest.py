@@ -15,6 +15,22 @@ ASSERT_NO_BUILD_SIDE = ("loaded = [m for m in sys.modules if m.split('.')[0] in 
 
 
 @pytest.fixture(scope="session")
+def shipped_int8_engines(tmp_path_factory) -> dict:
+    """INT8 ONNX Runtime engines of both shipped models, built the way users build them (task -> engine)."""
+    from edgekit.build.demo import CALIBRATION, SHIPPED
+    from edgekit.build.engine_build import BuildOptions, build_engine
+    from edgekit.build.export import export
+
+    out = tmp_path_factory.mktemp("engines")
+    built = {}
+    for task, ckpt in SHIPPED.items():
+        export(ckpt, out / f"{task}.onnx")
+        built[task] = build_engine(out / f"{task}.onnx", out / f"{task}.int8.onnx", BuildOptions(
+            backend="onnxruntime", precision="int8", calib=str(CALIBRATION), calib_size=32)).engine
+    return built
+
+
+@pytest.fixture(scope="session")
 def tiny_synth(tmp_path_factory) -> Path:
     """A small synthetic dataset (all label formats, one short video), generated once per session."""
     out = tmp_path_factory.mktemp("data") / "synth"

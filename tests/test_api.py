@@ -11,9 +11,6 @@ import pytest
 from conftest import ROOT, run_cli
 
 import edgekit
-from edgekit.build.demo import CALIBRATION, SHIPPED
-from edgekit.build.engine_build import BuildOptions, build_engine
-from edgekit.build.export import export
 
 
 def readme_loop() -> str:
@@ -23,14 +20,8 @@ def readme_loop() -> str:
 
 
 @pytest.fixture(scope="module")
-def int8_engines(tmp_path_factory):
-    out = tmp_path_factory.mktemp("api")
-    built = {}
-    for task, ckpt in SHIPPED.items():
-        export(ckpt, out / f"{task}.onnx")
-        built[task] = build_engine(out / f"{task}.onnx", out / f"{task}.int8.onnx", BuildOptions(
-            backend="onnxruntime", precision="int8", calib=str(CALIBRATION), calib_size=16)).engine
-    return built
+def int8_engines(shipped_int8_engines):
+    return shipped_int8_engines
 
 
 @pytest.mark.parametrize("task", ["detection", "segmentation"])

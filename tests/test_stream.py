@@ -14,9 +14,6 @@ import cv2
 import pytest
 from conftest import ASSERT_NO_BUILD_SIDE, ROOT, assert_one_line_error, run_cli
 
-from edgekit.build.demo import SHIPPED
-from edgekit.build.engine_build import BuildOptions, build_engine
-from edgekit.build.export import export
 from edgekit.runtime.stream.runner import StreamOptions, run_stream
 
 REPORT_KEYS = {"schema", "source", "frames", "stop_reason", "error", "wall_seconds", "throughput_fps",
@@ -25,16 +22,8 @@ REPORT_KEYS = {"schema", "source", "frames", "stop_reason", "error", "wall_secon
 
 
 @pytest.fixture(scope="module")
-def engines(tmp_path_factory):
-    """INT8 engines of both shipped models, built the way users build them."""
-    out = tmp_path_factory.mktemp("engines")
-    built = {}
-    for task, ckpt in SHIPPED.items():
-        export(ckpt, out / f"{task}.onnx")
-        rep = build_engine(out / f"{task}.onnx", out / f"{task}.int8.onnx", BuildOptions(
-            backend="onnxruntime", precision="int8", calib=str(ROOT / "calibration" / "synth"), calib_size=32))
-        built[task] = rep.engine
-    return built
+def engines(shipped_int8_engines):
+    return shipped_int8_engines
 
 
 def frames_in(path: Path) -> int:
