@@ -86,7 +86,7 @@ def test_a_users_own_module(tmp_path):
     assert run_cli("export", str(tmp_path / "ckpt"), "-o", str(tmp_path / "m.onnx")).returncode == 0
     assert "detection_f1 1.0000" in build_and_stream(tmp_path / "m.onnx", tmp_path / "e.onnx")
     r = run_cli("prune", str(tmp_path / "ckpt"), "--ratio", "0.3", "--data", str(tmp_path), "-o", str(tmp_path / "p"))
-    assert_one_line_error(r, "edgekit's detection loss trains edgekit's own detectors only", "--finetune-epochs 0")
+    assert_one_line_error(r, "edgekit trains its own detectors and Ultralytics'", "--finetune-epochs 0")
     assert not (tmp_path / "p").exists()
 
 

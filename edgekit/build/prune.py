@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from edgekit.build import sparsity
-from edgekit.build.models.pruning_record import torch_pruning
+from edgekit.build.models.pruning_record import prunable, torch_pruning
 from edgekit.build.pruning.channels import (
     IMPORTANCES,
     channel_counts,
@@ -42,7 +42,9 @@ class PruneOptions:
     importance: str = "l2"
     round_to: int = 8
     finetune_epochs: int = 10
-    lr: float = 1e-3  # half the training default: the pruned network needs real retraining, see README
+    lr: Optional[float] = None  # default: the model's recorded training rate (README: pruning needs retraining)
+    distill: bool = False  # fine-tune with distillation from the unpruned model
+    distill_weight: float = 1.0
     batch_size: int = 16
     sparsity: Optional[str] = None  # "2:4"
     format: str = "auto"
@@ -55,6 +57,10 @@ class PruneOptions:
     ignore_layers: List[str] = field(default_factory=list)  # layers to leave unpruned besides the output layers
 
     def check(self) -> None:
+        if self.distill and self.finetune_epochs <= 0:
+            raise EdgekitError("--distill teaches the pruned model while it is fine-tuned: give --finetune-epochs > 0")
+        if self.lr is not None and not self.lr > 0:
+            raise EdgekitError(f"--lr {self.lr:g}: the learning rate must be positive")
         targets = [t for t in (self.ratio, self.target_macs, self.target_latency_ms) if t is not None]
         if len(targets) > 1:
             raise EdgekitError("give one of --ratio, --target-macs, --target-latency")
@@ -100,6 +106,7 @@ def prune(checkpoint_path: str, opts: PruneOptions) -> Dict[str, Any]:
 
         ds_val = datasets.load(card.task, opts.data, "val", opts.format)
         datasets.check_classes(ds_val, card.classes, f"{checkpoint_path} model")
+    prunable(model, card)  # the layers the report lists are those pruning sees
     before_channels = channel_counts(model)
     taylor = _taylor_loss(card, opts) if opts.importance == "taylor" else None
 
@@ -131,7 +138,7 @@ def prune(checkpoint_path: str, opts: PruneOptions) -> Dict[str, Any]:
     pruned_path = checkpoint.save(model, new_card, out / "pruned")
     final = pruned_path
     if opts.finetune_epochs > 0:
-        final = _finetune(pruned_path, new_card, opts)
+        final = _finetune(pruned_path, new_card, opts, str(checkpoint_path))
     stages = [("before", Path(checkpoint_path)), ("pruned", pruned_path)]
     stages += [("fine-tuned", final)] if final != pruned_path else []
     report = {"schema": "edgekit.prune/1", "task": card.task, "metric": primary_metric(card.task),
@@ -182,15 +189,22 @@ def _latency_ms(model: nn.Module, card: ModelCard, backend: str) -> float:
     return prof.result(s, prof.ProfileOptions())["host_ms"]["p50"]
 
 
-def _finetune(pruned: Path, card: ModelCard, opts: PruneOptions) -> Path:
-    from edgekit.build.train.loop import TrainConfig, train
+def _finetune(pruned: Path, card: ModelCard, opts: PruneOptions, teacher: str) -> Path:
+    """Fine-tune the pruned model on the schedule it was trained with (its card's record), unless told otherwise."""
+    from edgekit.build.train.loop import TrainConfig, recorded_schedule, train
 
+    schedule = recorded_schedule(card)
+    lr = opts.lr or schedule.get("lr", 2e-3)
+    said = f" (from {schedule['from']})" if schedule and not opts.lr else ""
+    print(f"fine-tuning: {opts.finetune_epochs} epochs, {schedule.get('optimizer', 'adamw')} lr {lr:g}{said}"
+          + (f", distilled from {teacher}" if opts.distill else ""), flush=True)
     cfg = TrainConfig(task=card.task, data=opts.data or "", out=opts.out, arch=card.arch, format=opts.format,
                       imgsz=card.input_size, resize=card.resize_mode, epochs=opts.finetune_epochs,
-                      batch_size=opts.batch_size, lr=opts.lr, warmup_epochs=0.0, patience=opts.finetune_epochs,
-                      init=str(pruned), name=card.name, device=opts.device, max_train_images=opts.max_train_images,
-                      max_val_images=opts.max_val_images, progress=opts.progress)
+                      batch_size=opts.batch_size, optimizer=schedule.get("optimizer", "adamw"), lr=lr,
+                      weight_decay=schedule.get("weight_decay", 5e-4), warmup_epochs=0.0,
+                      patience=opts.finetune_epochs, init=str(pruned), name=card.name, device=opts.device,
+                      distill=teacher if opts.distill else "", distill_weight=opts.distill_weight,
+                      max_train_images=opts.max_train_images, max_val_images=opts.max_val_images,
+                      progress=opts.progress)
     rep = train(cfg)
     return Path(rep["checkpoint"])
-
-

@@ -10,15 +10,22 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     im = sub.add_parser(
         "import-model", help="a model you trained (torchvision, timm, smp or your own nn.Module) as a checkpoint",
         parents=parents,
-        description="Build a model from a source — torchvision:NAME(kwargs), timm:NAME(kwargs), smp:ARCH(kwargs) or "
-                    "python:package.module:factory(kwargs) — load your state dict (.safetensors, or .pt/.pth saved "
-                    "with torch.save(model.state_dict()); nothing is unpickled), find which output layout it "
-                    "emits, and write NAME.safetensors + NAME.card.yaml to -o. export, build-engine, eval and "
-                    "sweep then take it as they take edgekit's own models.",
+        description="Build a model from a source — torchvision:NAME(kwargs), timm:NAME(kwargs), smp:ARCH(kwargs), "
+                    "ultralytics:DetectionModel(cfg=..., nc=...) or python:package.module:factory(kwargs) — load "
+                    "your state dict (.safetensors, or .pt/.pth saved with torch.save(model.state_dict()); nothing "
+                    "is unpickled), find which output layout it emits, and write NAME.safetensors + NAME.card.yaml "
+                    "to -o. An Ultralytics YOLOv5u/v8/11 detect or segment checkpoint (best.pt) is a source of its "
+                    "own: its names, imgsz, task and training settings fill the card (it is a pickle: "
+                    "--trust-pickle). prune, export, build-engine, eval, sweep and train --init then take the "
+                    "checkpoint as they take edgekit's own models.",
     )
-    im.add_argument("source", help="e.g. 'torchvision:lraspp_mobilenet_v3_large(num_classes=3, weights_backbone=None)'")
+    im.add_argument("source", help="e.g. 'torchvision:lraspp_mobilenet_v3_large(num_classes=3, weights_backbone=None)' "
+                                   "or runs/detect/train/weights/best.pt")
     im.add_argument("--weights", help="state dict from your training (.safetensors, .pt, .pth)")
     im.add_argument("--code-path", metavar="DIR", help="folder holding the package of a python: source")
+    im.add_argument("--trust-pickle", action="store_true",
+                    help="load an Ultralytics .pt, which is a pickle: loading it runs code stored in the file, so "
+                         "only for files whose origin you trust")
     add_out(im, what="folder for the checkpoint")
     add_card_flags(im)
     im.set_defaults(func=run)
@@ -32,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     if args.card:
         raise EdgekitError("import-model describes the model with flags (--task, --classes, --input-size, ...), "
                            "not --card")
-    r = import_model(args.source, args.weights, args.out, card_overrides(args), args.layout, args.code_path or "")
+    r = import_model(args.source, args.weights, args.out, card_overrides(args), args.layout, args.code_path or "",
+                     args.trust_pickle)
     c = r["card"]
     print(f"checkpoint: {r['checkpoint']} ({r['params']:,} parameters)")
     print(f"model card: {c.task}, {c.num_classes} classes, input {c.input_size[1]}x{c.input_size[0]}, output layout "

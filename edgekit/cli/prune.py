@@ -31,7 +31,13 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
                     default=[], help="layers to leave unpruned besides the output layers (found from the graph)")
     pn.add_argument("--round-to", type=int, default=8, help="keep channel counts multiples of this (default 8)")
     pn.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs (default 10; 0: none)")
-    pn.add_argument("--lr", type=float, default=1e-3, help="fine-tuning peak learning rate (default 1e-3)")
+    pn.add_argument("--lr", type=float,
+                    help="fine-tuning peak learning rate (default: the rate the model was trained at, where its card "
+                         "records it, else 2e-3); the optimizer and weight decay also come from that record")
+    pn.add_argument("--distill", action="store_true",
+                    help="fine-tune with distillation from the unpruned model: the pruned one also learns its "
+                         "predictions")
+    pn.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation loss (default 1)")
     pn.add_argument("--batch-size", type=int, default=16)
     pn.add_argument("--sparsity", choices=("2:4",), help="magnitude 2:4 sparsity on eligible conv weights")
     pn.add_argument("--format", default="auto", choices=("auto", "coco", "yolo"))
@@ -54,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         out=args.out, data=args.data, ratio=args.ratio,
         target_macs=parse_macs(args.target_macs) if args.target_macs else None,
         target_latency_ms=args.target_latency, backend=args.backend, importance=args.importance,
-        round_to=args.round_to, finetune_epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size,
+        round_to=args.round_to, finetune_epochs=args.finetune_epochs, lr=args.lr,
+        distill=args.distill, distill_weight=args.distill_weight, batch_size=args.batch_size,
         sparsity=args.sparsity, format=args.format, device=args.device, max_train_images=args.max_train_images,
         max_val_images=args.max_val_images, progress=not args.quiet, report_seconds=args.report_duration,
         name=args.name or "", ignore_layers=args.ignore_layers,

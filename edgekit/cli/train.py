@@ -22,15 +22,21 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     tr.add_argument("--resize", choices=("letterbox", "stretch"), help="resize mode recorded in the card")
     tr.add_argument("--epochs", type=int, help="maximum epochs (default 30)")
     tr.add_argument("--batch-size", type=int, default=16)
-    tr.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
-    tr.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine schedule)")
-    tr.add_argument("--weight-decay", type=float, default=5e-4)
+    tr.add_argument("--optimizer", choices=("adamw", "sgd"),
+                    help="default adamw, or what the --init model's card records of its training")
+    tr.add_argument("--lr", type=float, help="peak learning rate (cosine schedule); default 2e-3, or the rate the "
+                                             "--init model's card records of its training")
+    tr.add_argument("--weight-decay", type=float, help="default 5e-4, or the --init model's recorded one")
     tr.add_argument("--patience", type=int, default=8, help="early stop after this many epochs without gain")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--init", help="checkpoint to start from (transfer learning)")
     tr.add_argument("--init-backbone", metavar="CKPT",
                     help="start the backbone from any edgekit checkpoint whose backbone fits (e.g. a detector's)")
     tr.add_argument("--freeze", choices=("backbone",), help="keep the backbone fixed")
+    tr.add_argument("--distill", metavar="CKPT",
+                    help="teacher checkpoint of the same task, classes and outputs (e.g. the model before pruning): "
+                         "the model also learns its predictions")
+    tr.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation loss (default 1)")
     tr.add_argument("--name", help="model name in the card (default: the run folder's name)")
     tr.add_argument("--device", default="auto", help="cpu, cuda or auto")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last epoch")
@@ -58,10 +64,13 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             raise EdgekitError(f"train needs {', '.join(missing)} (or --resume RUN_DIR)")
         height, width = args.imgsz[1], args.imgsz[0]
+        schedule = _recorded(args.init)
         cfg = TrainConfig(
             task=args.task, data=args.data, out=args.out, arch=args.arch or "", format=args.format,
             imgsz=(height, width), resize=args.resize or "", epochs=args.epochs or 30, batch_size=args.batch_size,
-            optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
+            optimizer=args.optimizer or schedule.get("optimizer", "adamw"), lr=args.lr or schedule.get("lr", 2e-3),
+            weight_decay=args.weight_decay if args.weight_decay is not None else schedule.get("weight_decay", 5e-4),
+            patience=args.patience, distill=args.distill or "", distill_weight=args.distill_weight,
             seed=args.seed, init=args.init or "", init_backbone=args.init_backbone or "", freeze=args.freeze or "",
             name=args.name or "", device=args.device, max_train_images=args.max_train_images,
             max_val_images=args.max_val_images, progress=not args.quiet,
@@ -71,3 +80,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"best {metric[len('best_val_'):]} {report[metric]:.4f} at epoch {report['best_epoch']} "
           f"({report['train_seconds']:.0f} s of training); checkpoint: {report['checkpoint']}")
     return 0
+
+
+def _recorded(init: "str | None") -> dict:
+    """The training schedule an --init checkpoint's card records ({} without --init or a record)."""
+    if not init:
+        return {}
+    from edgekit.build.models import checkpoint
+    from edgekit.build.train.loop import recorded_schedule
+    from edgekit.runtime.card import ModelCard
+
+    return recorded_schedule(ModelCard.load(checkpoint.resolve(init)[1]))

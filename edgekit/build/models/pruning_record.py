@@ -24,6 +24,15 @@ def example_input(card: ModelCard) -> torch.Tensor:
     return torch.zeros(1, 3, h, w)
 
 
+def prunable(model: nn.Module, card: ModelCard) -> None:
+    """Rewrite, in place and without changing what it computes, what Torch-Pruning cannot follow in a source's
+    architecture (Ultralytics' C2f chunk); the same rewrite comes before pruning and before a replay."""
+    if card.arch.startswith("ultralytics:"):
+        from edgekit.build.models.ultralytics import split_c2f
+
+        split_c2f(model)
+
+
 def replay(model: nn.Module, card: ModelCard) -> None:
     """Give a freshly built model the pruned shapes recorded in the card (which channels is irrelevant:
     the state dict loaded next fills them)."""
@@ -32,6 +41,7 @@ def replay(model: nn.Module, card: ModelCard) -> None:
     if not channels:
         return
     tp = torch_pruning()
+    prunable(model, card)
     model.eval()
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input(card))
     modules = dict(model.named_modules())

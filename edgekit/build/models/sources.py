@@ -17,7 +17,8 @@ from edgekit.errors import EdgekitError, MissingDependency
 
 # prefix -> (module to import, the pip package that brings it)
 LIBRARIES = {"torchvision": ("torchvision.models", "torchvision"), "timm": ("timm", "timm"),
-             "smp": ("segmentation_models_pytorch", "segmentation-models-pytorch")}
+             "smp": ("segmentation_models_pytorch", "segmentation-models-pytorch"),
+             "ultralytics": ("ultralytics.nn.tasks", "ultralytics-opencv-headless")}
 
 
 def is_source(arch: str) -> bool:
@@ -25,15 +26,22 @@ def is_source(arch: str) -> bool:
     return ":" in arch
 
 
+def is_checkpoint_file(source: str) -> bool:
+    """A source naming a .pt/.pth file rather than a library: a whole pickled model (Ultralytics')."""
+    return Path(source).suffix in (".pt", ".pth") and source.split(":", 1)[0] not in (*LIBRARIES, "python")
+
+
 def parse(text: str) -> Tuple[str, Dict[str, Any]]:
     """'torchvision:lraspp_mobilenet_v3_large(num_classes=3)' -> ('torchvision:lraspp_mobilenet_v3_large',
-    {'num_classes': 3}); keyword values are Python literals."""
+    {'num_classes': 3}); keyword values are Python literals. ultralytics:DetectionModel(cfg='yolov8n.yaml', nc=3)
+    builds an Ultralytics model from its YAML (the card records the YAML itself)."""
     text = text.strip()
     head, paren, rest = text.partition("(")
     prefix = head.split(":", 1)[0]
     if ":" not in head or (prefix not in LIBRARIES and prefix != "python"):
-        raise EdgekitError(f"model source '{text}': expected torchvision:NAME(...), timm:NAME(...), smp:ARCH(...) or "
-                           "python:package.module:factory(...)")
+        raise EdgekitError(f"model source '{text}': expected torchvision:NAME(...), timm:NAME(...), smp:ARCH(...), "
+                           "ultralytics:DetectionModel(...), python:package.module:factory(...) or an Ultralytics "
+                           "checkpoint.pt")
     kwargs: Dict[str, Any] = {}
     if paren:
         try:
@@ -50,7 +58,11 @@ def create(arch: str, kwargs: Mapping[str, Any], search_path: str = "") -> nn.Mo
     """The untrained model a source string names."""
     prefix, name = arch.split(":", 1)
     try:
-        if prefix == "python":
+        if prefix == "ultralytics":
+            from edgekit.build.models import ultralytics
+
+            factory = lambda **kw: ultralytics.create(name, kw)  # noqa: E731
+        elif prefix == "python":
             module_name, _, factory_name = name.rpartition(":")
             if not module_name:
                 raise EdgekitError(f"model source '{arch}': expected python:package.module:factory")

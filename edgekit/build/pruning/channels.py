@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from edgekit.build.models.pruning_record import example_input, torch_pruning
+from edgekit.build.models.pruning_record import example_input, prunable, torch_pruning
 from edgekit.errors import EdgekitError
 from edgekit.runtime.card import ModelCard
 
@@ -20,7 +20,7 @@ def output_layers(model: nn.Module, card: ModelCard) -> List[nn.Module]:
     """Layers whose channels are the model's output (never pruned): the model's own list where it keeps one
     (edgekit's architectures), else every conv or linear layer whose result reaches an output without passing
     another one, found by walking the autograd graph back from the outputs (a user's model: LRASPP's two
-    classifiers, a detector's box and class heads)."""
+    classifiers, a detector's box and class heads; through a fixed, untrained layer to the layers feeding it)."""
     own = getattr(model, "output_layers", None)
     if own is not None:
         return list(own())
@@ -42,9 +42,13 @@ def output_layers(model: nn.Module, card: ModelCard) -> List[nn.Module]:
             continue
         seen.add(fn)
         if fn in producers:
-            if producers[fn] not in found:
-                found.append(producers[fn])
-            continue  # layers before it feed it, not the output
+            layer = producers[fn]
+            if layer not in found:
+                found.append(layer)
+            if any(p.requires_grad for p in layer.parameters()):
+                continue  # layers before it feed it, not the output
+            # a fixed layer (YOLOv8's DFL integral, weights 0..15) passes its input's channel layout on: the layers
+            # feeding it are output layers too
         stack.extend(next_fn for next_fn, _ in fn.next_functions)
     return found
 
@@ -84,6 +88,7 @@ def prune_channels(model: nn.Module, card: ModelCard, ratio: float, importance: 
     """Remove `ratio` of the channels of every prunable layer group, in place, except the output layers and
     those named in `keep`; returns the layers left alone because the pruner cannot reshape them."""
     tp = torch_pruning()
+    prunable(model, card)
     imp = {"l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
            "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
            "taylor": lambda: tp.importance.GroupTaylorImportance()}[importance]()

@@ -48,6 +48,8 @@ class TrainConfig:
     seed: int = 0
     init: str = ""
     init_backbone: str = ""  # a checkpoint of any task whose backbone fits (e.g. detector -> segmenter)
+    distill: str = ""  # teacher checkpoint (e.g. the unpruned model): the student also learns its predictions
+    distill_weight: float = 1.0
     freeze: str = ""  # "" or "backbone"
     name: str = ""
     device: str = "auto"
@@ -77,6 +79,8 @@ class TrainConfig:
             raise EdgekitError(f"--freeze takes 'backbone', not '{c.freeze}'")
         if c.epochs < 1 or c.batch_size < 1 or not c.lr > 0:
             raise EdgekitError("--epochs, --batch-size and --lr must be positive")
+        if c.distill and not c.distill_weight > 0:
+            raise EdgekitError("--distill-weight must be positive")
         c.name = c.name or Path(c.out).name
         if c.device == "auto":
             c.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -177,12 +181,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> Dict[str, Any]:
         for key in ("pruning", "sparsity"):  # fine-tuning a pruned or sparse model keeps it so
             if key in init_card.extra:
                 card.extra[key] = init_card.extra[key]
+    teacher = _teacher(cfg, card) if cfg.distill else None
+    card.extra["training"] = schedule_record(cfg)
     model = checkpoint.build(card)
     if cfg.init:
         checkpoint.load_weights_into(model, cfg.init, cfg.arch)
     if cfg.init_backbone:
         checkpoint.resolve(cfg.init_backbone)
         checkpoint.load_weights_into(model, cfg.init_backbone, cfg.arch, prefix="backbone.")
+    if teacher is not None:  # refused before anything is written
+        _check_teacher(teacher, model, card, cfg.distill)
     train_b = Batches(train_ds, card, cfg.max_train_images)
     val_b = Batches(val_ds, card, cfg.max_val_images)
 
@@ -190,6 +198,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Dict[str, Any]:
     if not resume:
         write_text(run_dir / "config.yaml", _yaml().safe_dump(_config_dict(cfg), sort_keys=False))
     device = cfg.device
+    if teacher is not None:
+        teacher.to(device)
     model.to(device)
     if cfg.freeze == "backbone":
         for p in model.backbone.parameters():
@@ -231,7 +241,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> Dict[str, Any]:
             running, seen = 0.0, 0
             bar = _bar(steps_per_epoch, f"epoch {epoch}/{cfg.epochs}", cfg.progress)
             for images, targets, _tf, idx in train_b.iterate(cfg.batch_size, rng):
-                loss, parts = train_b.objective.loss(model, images.to(device), targets, device)
+                images = images.to(device)
+                obj = train_b.objective
+                predicted = obj.predict(model, images)
+                loss, parts = obj.loss(model, images, targets, device, predicted)
+                if teacher is not None:
+                    with torch.no_grad():
+                        taught = obj.predict(teacher, images)
+                    kd = obj.distill(predicted, taught)
+                    loss = loss + cfg.distill_weight * kd
+                    parts["distill"] = float(kd.detach())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 10.0)
@@ -280,6 +299,61 @@ def train(cfg: TrainConfig, resume: bool = False) -> Dict[str, Any]:
     }
     write_json(run_dir / "report.json", report)
     return report
+
+
+def _teacher(cfg: TrainConfig, card: ModelCard) -> torch.nn.Module:
+    """The model to distil from: same task, classes and outputs as the student (its unpruned self)."""
+    teacher, t_card = checkpoint.load(cfg.distill, task=cfg.task)
+    what = [f for f, a, b in (("classes", t_card.classes, card.classes),
+                              ("input size", t_card.input_size, card.input_size)) if a != b]
+    if what:
+        raise EdgekitError(f"--distill {cfg.distill}: the teacher's {' and '.join(what)} differ from the model "
+                           "trained; distil from the same model before pruning")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
+def _check_teacher(teacher: torch.nn.Module, model: torch.nn.Module, card: ModelCard, source: str) -> None:
+    """The teacher must predict what the student predicts, shape for shape."""
+    h, w = card.input_size
+    x = torch.zeros(1, 3, h, w)
+    obj = objective(card.task)
+
+    def shapes(m: torch.nn.Module) -> List[Tuple[int, ...]]:
+        was = m.training
+        with torch.no_grad():
+            out = obj.predict(m.eval(), x)
+        m.train(was)
+        items = out.values() if isinstance(out, dict) else (out if isinstance(out, (list, tuple)) else [out])
+        return [tuple(t.shape) for t in items if isinstance(t, torch.Tensor)]
+
+    if shapes(teacher) != shapes(model):
+        raise EdgekitError(f"--distill {source}: the teacher's predictions have shapes {shapes(teacher)}, the model's "
+                           f"{shapes(model)}; distil from the same model before pruning")
+
+
+def schedule_record(cfg: TrainConfig) -> Dict[str, Any]:
+    """The schedule this training ran, kept in the card: fine-tuning the model later starts from it."""
+    return {"optimizer": cfg.optimizer, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size, **({"distilled_from": cfg.distill} if cfg.distill else {})}
+
+
+def recorded_schedule(card: ModelCard) -> Dict[str, Any]:
+    """Optimizer, lr and weight decay of the training that made the model, where its card records one
+    (edgekit's training, or an Ultralytics run's train_args); {} where none is."""
+    training = card.extra.get("training") or {}
+    ultra = training.get("ultralytics") or {}
+    if ultra:
+        optimizer = str(ultra.get("optimizer", "")).lower()
+        if optimizer not in ("adamw", "sgd") or not ultra.get("lr0"):
+            return {}  # Adam, RMSProp, ...: edgekit's loop runs AdamW or SGD
+        return {"optimizer": optimizer, "lr": float(ultra["lr0"]),
+                "weight_decay": float(ultra.get("weight_decay", 5e-4)), "from": "the Ultralytics run's train_args"}
+    if training.get("lr") and training.get("optimizer") in ("adamw", "sgd"):
+        return {"optimizer": training["optimizer"], "lr": float(training["lr"]),
+                "weight_decay": float(training.get("weight_decay", 5e-4)), "from": "the model's training record"}
+    return {}
 
 
 def _rounded(d: Dict[str, Any]) -> Dict[str, Any]:

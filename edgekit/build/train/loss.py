@@ -47,9 +47,10 @@ def assign(points: torch.Tensor, gt: torch.Tensor, stride: int, radius: float = 
 
 
 def detection_loss(
-    model: torch.nn.Module, images: torch.Tensor, targets: List[Tuple[torch.Tensor, torch.Tensor]]
+    model: torch.nn.Module, raw: Tuple[torch.Tensor, torch.Tensor], targets: List[Tuple[torch.Tensor, torch.Tensor]]
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
-    boxes, logits = model.forward_raw(images)  # [B, 4, N], [B, C, N]
+    """edgekit's detector loss on its raw predictions (model.forward_raw: xyxy [B, 4, N], logits [B, C, N])."""
+    boxes, logits = raw
     points, stride = model.points, model.stride
     cls_target = torch.zeros_like(logits)
     box_losses, num_pos = [], 0
@@ -72,12 +73,9 @@ def detection_loss(
     return total, {"cls": float(cls_loss.detach()), "box": float(box_loss.detach())}
 
 
-def segmentation_loss(
-    model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor
-) -> Tuple[torch.Tensor, Dict[str, float]]:
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
     """Cross-entropy plus soft Dice: Dice weighs every class equally, so small objects are not drowned
     by the background's pixel count."""
-    logits = model(images)
     ce = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
     valid = (masks != IGNORE_INDEX).unsqueeze(1)
     probs = logits.softmax(1) * valid
@@ -86,3 +84,30 @@ def segmentation_loss(
     denom = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
     dice = 1 - ((2 * inter + 1) / (denom + 1)).mean()
     return ce + dice, {"ce": float(ce.detach()), "dice": float(dice.detach())}
+
+
+# --- distillation from the unpruned model (output-level knowledge distillation) ---------------------
+def detection_distill(student: Tuple[torch.Tensor, torch.Tensor],
+                      teacher: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The student matches the teacher's class probabilities at every anchor point (soft-label BCE) and its
+    boxes where the teacher is confident (GIoU weighted by the teacher's best class probability), both
+    normalised like the detection loss: per unit of teacher confidence. Inputs: (xyxy [B, 4, N] in input
+    pixels, class logits [B, C, N]) of one architecture, before and after pruning."""
+    s_boxes, s_logits = student
+    t_boxes, t_logits = teacher
+    t_prob = t_logits.sigmoid()
+    weight = t_prob.max(1).values  # [B, N]
+    norm = weight.sum().clamp(min=1.0)
+    cls = F.binary_cross_entropy_with_logits(s_logits, t_prob, reduction="sum") / norm
+    _, giou = box_iou_giou(s_boxes.permute(0, 2, 1).reshape(-1, 4), t_boxes.permute(0, 2, 1).reshape(-1, 4))
+    box = ((1 - giou) * weight.reshape(-1)).sum() / norm
+    return cls + 2.0 * box
+
+
+def segmentation_distill(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+    """Hinton's distillation per pixel: KL divergence between the teacher's and the student's class
+    distributions softened by `temperature`, times temperature² (gradients of the same scale as at T=1)."""
+    t = temperature
+    log_s = F.log_softmax(student / t, 1)
+    p_t = F.softmax(teacher / t, 1)
+    return F.kl_div(log_s, p_t, reduction="none").sum(1).mean() * t * t
