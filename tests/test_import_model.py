@@ -230,17 +230,6 @@ def test_library_and_timm_backed_segmenters(tmp_path, source, code):
     assert "pixel_agreement 1.0000" in build_and_stream(tmp_path / "m.onnx", tmp_path / "e.onnx")
 
 
-def test_a_torchvision_detector_is_refused_with_what_to_do(tmp_path):
-    """torchvision's detectors take a list of images: refused in one line that says how they do get in."""
-    pytest.importorskip("torchvision")
-    source = "torchvision:ssdlite320_mobilenet_v3_large(num_classes=4, weights_backbone=None)"
-    r = run_cli("import-model", source, "--task", "detection", "--classes", "a,b,c", "--input-size", "320",
-                "-o", str(tmp_path / "c"))
-    assert_one_line_error(r, "a detector that returns a dict of boxes per image",
-                          "export it to ONNX with one [1, 3, H, W]")
-    assert not (tmp_path / "c").exists()
-
-
 def test_a_users_module_with_two_outputs(tmp_path):
     """A user's instance segmenter in the YOLOv8-seg layout (boxes + coefficients, and prototypes): both outputs
     exported under their own names and recognised together."""
@@ -275,3 +264,33 @@ def test_a_users_module_with_two_outputs(tmp_path):
     assert "output layout yolov8_seg" in r.stdout
     assert run_cli("export", str(tmp_path / "c"), "-o", str(tmp_path / "m.onnx")).returncode == 0
     assert "instance_f1" in build_and_stream(tmp_path / "m.onnx", tmp_path / "e.onnx")
+
+
+def test_a_torchvision_detector_goes_the_whole_way(tmp_path):
+    """torchvision's SSDlite takes a list of images and returns a dict per image, suppressed in its graph: it
+    imports as a model of one image returning boxes, labels and scores (the torchvision layout), its export is
+    checked decoded (the number of boxes may differ by a near-tie), and it prunes, builds and streams."""
+    torchvision = pytest.importorskip("torchvision")
+    source = "torchvision:ssdlite320_mobilenet_v3_large(num_classes=4, weights=None, weights_backbone=None)"
+    torch.manual_seed(0)
+    net = torchvision.models.get_model("ssdlite320_mobilenet_v3_large", num_classes=4, weights=None,
+                                       weights_backbone=None)
+    weights = tmp_path / "ssd_best.pt"
+    torch.save(net.state_dict(), weights)
+    r = run_cli("import-model", source, "--weights", str(weights), "--task", "detection", "--classes", "a,b,c",
+                "--input-size", "160", "-o", str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr
+    assert "output layout torchvision (the detections of its one image)" in r.stdout
+    model, card = checkpoint.load(tmp_path / "c")
+    x = torch.rand(1, 3, 160, 160)
+    with torch.no_grad():
+        boxes, labels, scores = model(x)
+        own = net.eval()([x[0]])[0]
+    assert torch.equal(boxes, own["boxes"]) and torch.equal(labels, own["labels"]) and len(boxes) > 0
+    r = run_cli("prune", str(tmp_path / "c"), "--ratio", "0.3", "--finetune-epochs", "0", "--report-duration", "0.2",
+                "-q", "-o", str(tmp_path / "p"))
+    assert r.returncode == 0, r.stderr
+    r = run_cli("export", str(tmp_path / "p" / "pruned.safetensors"), "-o", str(tmp_path / "p.onnx"))
+    assert r.returncode == 0, r.stderr
+    assert "decoded results: detection_f1" in r.stdout
+    build_and_stream(tmp_path / "p.onnx", tmp_path / "p.engine.onnx")

@@ -60,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
     for kind, path in rep.extra_files.items():
         print(f"also wrote: {path} ({kind})")
     if rep.precision == "int8":
-        print(f"kept in higher precision ({len(rep.kept_fp32)} nodes): {', '.join(rep.kept_fp32) or 'none'}")
+        shown = ", ".join(rep.kept_fp32[:12]) or "none"
+        more = f" and {len(rep.kept_fp32) - 12} more (all listed in the manifest)" if len(rep.kept_fp32) > 12 else ""
+        print(f"kept in higher precision ({len(rep.kept_fp32)} nodes): {shown}{more}")
     if rep.sparsity is not None:
         s = rep.sparsity
         print(f"2:4 sparsity: {s['sparse']} of {s['eligible']} eligible conv weights follow the pattern" +

@@ -44,5 +44,11 @@ def run(args: argparse.Namespace) -> int:
     c = r["card"]
     print(f"checkpoint: {r['checkpoint']} ({r['params']:,} parameters)")
     print(f"model card: {c.task}, {c.num_classes} classes, input {c.input_size[1]}x{c.input_size[0]}, output layout "
-          f"{c.output_layout}" + (f" (the model's '{r['output_key']}' output)" if r["output_key"] else ""))
+          f"{c.output_layout}" + (_which(r["output_key"]) if r["output_key"] else ""))
     return 0
+
+
+def _which(key: str) -> str:
+    from edgekit.build.models.sources import DETECTIONS
+
+    return " (the detections of its one image)" if key == DETECTIONS else f" (the model's '{key}' output)"

@@ -2,6 +2,7 @@
 the card (`pruning.channels`) and replayed onto a freshly built model before its state dict loads, so a
 pruned checkpoint stays tensors + YAML (Torch-Pruning's replay idea; never a pickled module)."""
 
+import warnings
 from typing import Any, Dict
 
 import torch
@@ -16,6 +17,9 @@ def torch_pruning() -> Any:
         import torch_pruning as tp
     except ImportError:
         raise MissingDependency("torch-pruning", "build") from None
+    # Its shape inference gives up on deep index chains (torchvision's detectors) with a warning per graph; the
+    # channel dependencies it builds are complete without it, and a pruned model is checked by reloading it.
+    warnings.filterwarnings("ignore", message="Maximum recursive depth reached", module="torch_pruning")
     return tp
 
 

@@ -120,6 +120,24 @@ class OneOutput(nn.Module):
         return self.model(x)[self.key]
 
 
+DETECTIONS = "detections"  # output_key of a detector returning a list of {boxes, labels, scores} per image
+
+
+class ImageDetections(nn.Module):
+    """A torchvision detector (it takes a list of images and returns a dict per image) as a model of one
+    [1, 3, H, W] tensor returning that image's boxes [N, 4], labels [N] and scores [N]: what the torchvision
+    layout decodes. The detector normalises, resizes and suppresses inside the graph; the wrapped model keeps
+    its own state-dict keys under `model.`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        found = self.model(list(x))[0]
+        return found["boxes"], found["labels"], found["scores"]
+
+
 def output_key(model: nn.Module, input_size: Tuple[int, int], arch: str) -> str:
     """'' where the model returns a tensor or a tuple of tensors; the dict key to export where it returns a dict."""
     h, w = input_size
@@ -133,10 +151,8 @@ def output_key(model: nn.Module, input_size: Tuple[int, int], arch: str) -> str:
                                "build-engine that)") from None
     if isinstance(out, torch.Tensor) or (isinstance(out, tuple) and all(isinstance(t, torch.Tensor) for t in out)):
         return ""
-    if isinstance(out, list) and out and isinstance(out[0], Mapping) and "boxes" in out[0]:
-        raise EdgekitError(f"model source '{arch}': a detector that returns a dict of boxes per image (torchvision's); "
-                           "import-model does not take it yet: export it to ONNX with one [1, 3, H, W] input and "
-                           "build-engine that (the torchvision layout decodes it)")
+    if isinstance(out, list) and out and isinstance(out[0], Mapping) and {"boxes", "labels", "scores"} <= set(out[0]):
+        return DETECTIONS  # torchvision's detectors: boxes, labels and scores per image, suppressed in the graph
     if isinstance(out, Mapping):
         tensors = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
         if "out" in tensors:
@@ -195,5 +211,8 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str)
 
 
 def adapt(model: nn.Module, key: str) -> nn.Module:
-    """The model as edgekit exports it: as it is (key ''), or the one tensor of a dict output (the dict's key)."""
+    """The model as edgekit exports it: as it is (key ''), the one tensor of a dict output (the dict's key), or a
+    torchvision detector's detections of its one image."""
+    if key == DETECTIONS:
+        return ImageDetections(model)
     return OneOutput(model, key) if key else model

@@ -24,6 +24,20 @@ def accuracy_text(task: str, m: Mapping[str, Any], compact: bool = False) -> str
     return registry.task(task).accuracy_text(m, compact)
 
 
+def agreement(card: ModelCard, reference: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray]) -> float:
+    """How closely one network input's outputs follow another's once decoded through the card (the task's
+    measure: detections matched, pixels given the same class, ...; 1.0 for the same result). Compares models
+    whose outputs vary in length (suppression in the graph) and INT8 against FP32 alike."""
+    task, layout = registry.task(card.task), registry.layout(card.output_layout)
+    h, w = card.input_size
+    same_frame, params = Transform.identity(w, h), DecodeParams.of(card)
+
+    def result(outputs: Mapping[str, np.ndarray]) -> Any:
+        return layout.decode(layout.image(outputs, 0), same_frame, card, params)
+
+    return float(task.agreement(result(reference), result(other)))
+
+
 class Scorer:
     """One image at a time: raw outputs by name (batch axis first) + the transform + the ground truth."""
 
