@@ -16,9 +16,11 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     tr.add_argument("--task", choices=TASKS, metavar="TASK", help="%(choices)s")
     tr.add_argument("--data", help="dataset folder")
     tr.add_argument("-o", "--out", help="run folder for checkpoints and logs")
-    tr.add_argument("--arch", help="architecture (see `edgekit models`); default edgenet-det-s / edgenet-seg-s")
+    tr.add_argument("--arch", help="architecture (see `edgekit models`); default: the --init checkpoint's, else "
+                                   "edgenet-det-s / edgenet-seg-s")
     tr.add_argument("--format", default="auto", choices=("auto", "coco", "yolo"), help="detection label format")
-    tr.add_argument("--imgsz", type=size, default=(256, 256), help="network input WxH, multiples of 32")
+    tr.add_argument("--imgsz", type=size, help="network input WxH, multiples of 32 (default: the --init "
+                                               "checkpoint's, else 256x256)")
     tr.add_argument("--resize", choices=("letterbox", "stretch"), help="resize mode recorded in the card")
     tr.add_argument("--epochs", type=int, help="maximum epochs (default 30)")
     tr.add_argument("--batch-size", type=int, default=16)
@@ -63,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
         missing = [flag for flag, v in (("--task", args.task), ("--data", args.data), ("--out", args.out)) if not v]
         if missing:
             raise EdgekitError(f"train needs {', '.join(missing)} (or --resume RUN_DIR)")
-        height, width = args.imgsz[1], args.imgsz[0]
-        schedule = _recorded(args.init)
+        schedule, init_size = _recorded(args.init)
+        height, width = (args.imgsz[1], args.imgsz[0]) if args.imgsz else init_size or (256, 256)
         cfg = TrainConfig(
             task=args.task, data=args.data, out=args.out, arch=args.arch or "", format=args.format,
             imgsz=(height, width), resize=args.resize or "", epochs=args.epochs or 30, batch_size=args.batch_size,
@@ -82,12 +84,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recorded(init: "str | None") -> dict:
-    """The training schedule an --init checkpoint's card records ({} without --init or a record)."""
+def _recorded(init: "str | None") -> "tuple[dict, tuple | None]":
+    """The training schedule an --init checkpoint's card records ({} without --init or a record), and its
+    input size (height, width)."""
     if not init:
-        return {}
+        return {}, None
     from edgekit.build.models import checkpoint
     from edgekit.build.train.loop import recorded_schedule
     from edgekit.runtime.card import ModelCard
 
-    return recorded_schedule(ModelCard.load(checkpoint.resolve(init)[1]))
+    card = ModelCard.load(checkpoint.resolve(init)[1])
+    return recorded_schedule(card), tuple(card.input_size)

@@ -60,6 +60,8 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         c = dataclasses.replace(self)
         obj = objective(c.task)
+        if not c.arch and c.init:  # fine-tuning: the architecture of the checkpoint it starts from
+            c.arch = ModelCard.load(checkpoint.resolve(c.init)[1]).arch
         c.arch = c.arch or obj.default_arch
         if sources.is_source(c.arch):  # a user's model: fine-tuned from its imported checkpoint
             if not c.init:
