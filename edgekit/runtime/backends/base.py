@@ -80,6 +80,8 @@ class BuildResult:
     record: BackendRecord
     io_onnx: Path  # the ONNX whose inputs and outputs the engine has
     int8_engine_is: str = ""  # what the engine file is, for an INT8 build
+    # where each layer runs, for a build that places layers (TensorRT with a DLA core): device -> layer names
+    placement: Dict[str, List[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,16 @@ class Timing:
     device_ms: Optional[float] = None
     h2d_ms: Optional[float] = None
     d2h_ms: Optional[float] = None
+
+
+@dataclass
+class LayerTime:
+    """One layer's share of an engine's time (`edgekit profile --layers`)."""
+
+    name: str  # the layer (TensorRT) or node (ONNX Runtime) name
+    kind: str  # layer type or op type; "" where the backend does not say
+    device: str  # where it ran: "GPU", "DLA", "CPU"
+    ms: float  # mean milliseconds per inference
 
 
 class Backend(ABC):
@@ -175,6 +187,11 @@ class Backend(ABC):
     @abstractmethod
     def infer(self, inputs: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
         """Run once on host arrays (in input order); returns host arrays by output name, in output order."""
+
+    def layer_times(self, inputs: Sequence[np.ndarray], iterations: int) -> List[LayerTime]:
+        """Per-layer time over `iterations` runs on these inputs, slowest first (TensorRT's IProfiler, ONNX
+        Runtime's own profiling); a backend that cannot time its layers raises EdgekitError saying so."""
+        raise EdgekitError(f"{self.label or self.name}: per-layer timing is not available on this backend")
 
     def batch_limit(self) -> Optional[int]:
         """The largest batch this engine takes; None where any batch goes (a dynamic batch axis)."""
