@@ -20,9 +20,48 @@ TINY = ["--max-train-images", "16", "--max-val-images", "8", "--batch-size", "8"
 def pruned_det(tiny_synth, tmp_path_factory):
     out = tmp_path_factory.mktemp("prune") / "det-p50"
     r = run_cli("prune", str(SHIPPED["detection"]), "--ratio", "0.5", "--data", str(tiny_synth),
-                "--finetune-epochs", "1", "-o", str(out), *TINY)
+                "--finetune-epochs", "1", "--distill", "-o", str(out), *TINY)
     assert r.returncode == 0, r.stderr
+    # the shipped card records its training (AdamW, lr 2e-3): fine-tuning starts from it, taught by the unpruned model
+    assert f"adamw lr 0.002 (from the model's training record), distilled from {SHIPPED['detection']}" in r.stdout
     return out
+
+
+def test_fine_tuning_records_its_schedule_and_teacher(pruned_det):
+    _, card = checkpoint.load(pruned_det / "best.safetensors")
+    training = card.extra["training"]
+    assert (training["optimizer"], training["lr"], training["distilled_from"]) == ("adamw", 0.002,
+                                                                                   str(SHIPPED["detection"]))
+
+
+def test_distillation_loss_pulls_the_student_to_the_teacher():
+    """At its minimum on the teacher's own predictions; gradient steps on it alone bring a student's boxes and
+    classes to the teacher's where the teacher is confident."""
+    import torch
+
+    from edgekit.build.train.loss import detection_distill, segmentation_distill
+
+    torch.manual_seed(0)
+    boxes = torch.rand(2, 4, 50) * 40
+    boxes[:, 2:] += boxes[:, :2] + 8  # xyxy
+    logits = torch.randn(2, 3, 50) * 4
+    own = logits.clone().requires_grad_()
+    detection_distill((boxes, own), (boxes, logits)).backward()
+    assert own.grad.abs().max() < 1e-6  # soft-label BCE is smallest at the teacher's own probabilities
+    s_boxes = (boxes + torch.randn_like(boxes) * 3).requires_grad_()
+    s_logits = torch.zeros_like(logits).requires_grad_()
+    opt = torch.optim.Adam([s_boxes, s_logits], lr=0.1)
+    first = float(detection_distill((s_boxes, s_logits), (boxes, logits)).detach())
+    for _ in range(200):
+        opt.zero_grad()
+        detection_distill((s_boxes, s_logits), (boxes, logits)).backward()
+        opt.step()
+    confident = logits.sigmoid().max(1).values > 0.5
+    assert float(detection_distill((s_boxes, s_logits), (boxes, logits)).detach()) < 0.5 * first
+    assert (s_logits.sigmoid() - logits.sigmoid()).abs()[confident.unsqueeze(1).expand_as(logits)].max() < 0.05
+    seg_t = torch.randn(1, 5, 8, 8) * 3
+    assert float(segmentation_distill(seg_t, seg_t)) < 1e-6
+    assert float(segmentation_distill(torch.zeros_like(seg_t), seg_t)) > 0.1
 
 
 def test_prune_halves_channels_but_not_the_outputs(pruned_det):
@@ -90,6 +129,11 @@ def test_prune_bad_inputs_are_one_line(tiny_synth, tmp_path):
     assert_one_line_error(r, "not reachable", "closest reached")
     r = run_cli("prune", det, "--target-macs", "5G", "--finetune-epochs", "0", "-o", str(tmp_path / "d"))
     assert_one_line_error(r, "already meets the target")
+    assert_one_line_error(run_cli("prune", det, "--ratio", "0.3", "--distill", "--finetune-epochs", "0", "-o",
+                                  str(tmp_path / "e")), "--distill", "--finetune-epochs > 0")
+    r = run_cli("train", "--task", "detection", "--data", str(tiny_synth), "--init", det, "--epochs", "1", "--distill",
+                str(SHIPPED["segmentation"]), "-o", str(tmp_path / "f"))
+    assert_one_line_error(r, "this is a segmentation model, a detection model is needed")
     assert not any(tmp_path.iterdir())  # nothing written for a refused run
 
 

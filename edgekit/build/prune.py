@@ -44,7 +44,7 @@ class PruneOptions:
     finetune_epochs: int = 10
     lr: Optional[float] = None  # default: the model's recorded training rate (README: pruning needs retraining)
     distill: bool = False  # fine-tune with distillation from the unpruned model
-    distill_weight: float = 1.0
+    distill_weight: float = 0.0  # 0: the task's default
     batch_size: int = 16
     sparsity: Optional[str] = None  # "2:4"
     format: str = "auto"

@@ -37,7 +37,8 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     pn.add_argument("--distill", action="store_true",
                     help="fine-tune with distillation from the unpruned model: the pruned one also learns its "
                          "predictions")
-    pn.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation loss (default 1)")
+    pn.add_argument("--distill-weight", type=float, default=0.0,
+                    help="weight of the distillation loss (default: 1 for detection, 0.3 for segmentation)")
     pn.add_argument("--batch-size", type=int, default=16)
     pn.add_argument("--sparsity", choices=("2:4",), help="magnitude 2:4 sparsity on eligible conv weights")
     pn.add_argument("--format", default="auto", choices=("auto", "coco", "yolo"))

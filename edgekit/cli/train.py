@@ -38,7 +38,8 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     tr.add_argument("--distill", metavar="CKPT",
                     help="teacher checkpoint of the same task, classes and outputs (e.g. the model before pruning): "
                          "the model also learns its predictions")
-    tr.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation loss (default 1)")
+    tr.add_argument("--distill-weight", type=float, default=0.0,
+                    help="weight of the distillation loss (default: 1 for detection, 0.3 for segmentation)")
     tr.add_argument("--name", help="model name in the card (default: the run folder's name)")
     tr.add_argument("--device", default="auto", help="cpu, cuda or auto")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last epoch")

@@ -137,7 +137,7 @@ def split_c2f(model: nn.Module) -> int:
 
     split = _split_class(C2f)
     n = 0
-    for m in model.modules():
+    for m in list(model.modules()):  # collected first: the loop adds modules
         if isinstance(m, C2f) and not isinstance(m, split):
             m.cv0, m.cv1 = _half(m.cv1, 0, m.c), _half(m.cv1, m.c, 2 * m.c)
             m.__class__ = split

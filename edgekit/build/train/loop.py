@@ -49,7 +49,7 @@ class TrainConfig:
     init: str = ""
     init_backbone: str = ""  # a checkpoint of any task whose backbone fits (e.g. detector -> segmenter)
     distill: str = ""  # teacher checkpoint (e.g. the unpruned model): the student also learns its predictions
-    distill_weight: float = 1.0
+    distill_weight: float = 0.0  # 0: the task's default (Objective.distill_weight)
     freeze: str = ""  # "" or "backbone"
     name: str = ""
     device: str = "auto"
@@ -61,7 +61,11 @@ class TrainConfig:
         c = dataclasses.replace(self)
         obj = objective(c.task)
         if not c.arch and c.init:  # fine-tuning: the architecture of the checkpoint it starts from
-            c.arch = ModelCard.load(checkpoint.resolve(c.init)[1]).arch
+            card_path = checkpoint.resolve(c.init)[1]
+            init_card = ModelCard.load(card_path)
+            if init_card.task != c.task:
+                raise EdgekitError(f"{card_path}: this is a {init_card.task} model, a {c.task} model is needed")
+            c.arch = init_card.arch
         c.arch = c.arch or obj.default_arch
         if sources.is_source(c.arch):  # a user's model: fine-tuned from its imported checkpoint
             if not c.init:
@@ -81,8 +85,9 @@ class TrainConfig:
             raise EdgekitError(f"--freeze takes 'backbone', not '{c.freeze}'")
         if c.epochs < 1 or c.batch_size < 1 or not c.lr > 0:
             raise EdgekitError("--epochs, --batch-size and --lr must be positive")
-        if c.distill and not c.distill_weight > 0:
+        if c.distill_weight < 0:
             raise EdgekitError("--distill-weight must be positive")
+        c.distill_weight = c.distill_weight or obj.distill_weight
         c.name = c.name or Path(c.out).name
         if c.device == "auto":
             c.device = "cuda" if torch.cuda.is_available() else "cpu"
