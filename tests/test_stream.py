@@ -1,5 +1,6 @@
 """run-stream end to end on CPU: real videos, the synthetic live source, a real RTSP server."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,7 +15,9 @@ import cv2
 import pytest
 from conftest import ASSERT_NO_BUILD_SIDE, ROOT, assert_one_line_error, run_cli
 
+from edgekit.runtime.stream import decoders
 from edgekit.runtime.stream.runner import StreamOptions, run_stream
+from edgekit.runtime.stream.sources import open_source
 
 REPORT_KEYS = {"schema", "source", "frames", "stop_reason", "error", "wall_seconds", "throughput_fps",
                "end_to_end_ms", "stages_ms", "queue_wait_ms", "device_ms", "engine", "accuracy", "outputs",
@@ -210,6 +213,10 @@ def _rtsp_server_available() -> bool:
     return r.returncode == 0
 
 
+needs_rtsp_server = pytest.mark.skipif(not os.path.exists("/usr/bin/python3") or not _rtsp_server_available(),
+                                       reason="GStreamer's RTSP server is not installed (.ci/run installs it)")
+
+
 class RtspServer:
     def __init__(self, port: int) -> None:
         self.port = port
@@ -226,8 +233,7 @@ class RtspServer:
             self.proc.wait()
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/bin/python3") or not _rtsp_server_available(),
-                    reason="GStreamer's RTSP server is not installed (.ci/run installs it)")
+@needs_rtsp_server
 def test_rtsp_stream_survives_a_server_restart(engines, tmp_path):
     server = RtspServer(free_port())
     server.start()
@@ -252,6 +258,43 @@ def test_rtsp_stream_survives_a_server_restart(engines, tmp_path):
     assert len(rows) == f["processed"]
 
 
+@needs_rtsp_server
+def test_rtsp_opens_through_ffmpeg_with_the_timeout_option_this_ffmpeg_knows():
+    """This OpenCV (a pip wheel: FFmpeg 5 or later, no GStreamer) opens RTSP with FFmpeg and gives the socket
+    timeout as `timeout`; JetPack's FFmpeg 4 gets `stimeout` (tests/test_sources_jetson.py)."""
+    vio = decoders.parse_video_io(cv2.getBuildInformation())
+    if vio.gstreamer or not vio.ffmpeg_major or vio.ffmpeg_major < 5:
+        pytest.skip(f"written for OpenCV wheels (FFmpeg >= 5, no GStreamer); this one: {vio}")
+    server = RtspServer(free_port())
+    server.start()
+    try:
+        src = open_source(f"rtsp://127.0.0.1:{server.port}/live", timeout_s=3.0, reconnect=0)
+        frame = next(src.frames()).frame
+        src.close()
+    finally:
+        server.stop()
+    assert frame.shape == (240, 320, 3)
+    assert src.info.decoder == "ffmpeg"
+    assert src.info.notes[0] == "decoder plan: ffmpeg (this OpenCV was built without GStreamer)"
+    assert src.info.notes[1] == (f"FFmpeg: {vio.describe_ffmpeg()}, options rtsp_transport;tcp|timeout;3000000|"
+                                 "max_delay;200000")
+
+
+def test_rtsp_server_that_never_answers_is_left_after_the_ffmpeg_socket_timeout():
+    """The option edgekit picked is the one this FFmpeg honours: with OpenCV's own open timeout moved out of
+    the way (30 s), a server that accepts the connection and never answers is given up after the 1.5 s
+    socket timeout. (FFmpeg 5+ ignores `stimeout`; FFmpeg 4 reads `timeout` as "listen".)"""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)  # the kernel completes the handshake; nobody ever reads or answers
+        url = f"rtsp://127.0.0.1:{silent.getsockname()[1]}/live"
+        plan = decoders.plan_decoders(url, "rtsp", "ffmpeg", (False, ""))
+        opener = decoders.rtsp_openers(url, plan, decoders.opencv_video_io(), "tcp", 200, timeout_s=1.5)[0]
+        t0 = time.monotonic()
+        assert dataclasses.replace(opener, params=decoders.timeout_params(30.0)).open() is None
+        assert time.monotonic() - t0 < 6, opener.ffmpeg_options
+
+
 def test_absent_camera(engines, tmp_path):
     r = run_cli("run-stream", str(engines["detection"]), "/dev/video97", "--out", str(tmp_path / "o"), "-q")
     assert_one_line_error(r, "/dev/video97: cannot open (camera absent or busy)")
@@ -268,3 +311,32 @@ def test_disk_full_mid_run_keeps_the_report_and_the_count(engines, tmp_path):
     report = json.loads((out / "report.json").read_text())
     f = report["frames"]
     assert f["accounted"] and f["processed"] > 0 and report["error"]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("gstreamer", "decoder 'gstreamer' (Jetson hardware decoding) was asked for, but this OpenCV was built without "
+                  "GStreamer"),
+    ("nvdec", "EDGEKIT_VIDEO_DECODER='nvdec': expected one of auto, gstreamer, ffmpeg"),
+])
+def test_decoder_asked_for_that_cannot_be_had(engines, tiny_synth, tmp_path, monkeypatch, value, message):
+    if value == "gstreamer" and decoders.opencv_video_io().gstreamer:
+        pytest.skip("this OpenCV has GStreamer")
+    monkeypatch.setenv("EDGEKIT_VIDEO_DECODER", value)
+    video = tiny_synth / "videos" / "stream_00.mp4"
+    r = run_cli("run-stream", str(engines["detection"]), str(video), "--out", str(tmp_path / "o"), "-q")
+    assert_one_line_error(r, message)
+
+
+def test_video_file_reports_its_decoder(tiny_synth):
+    src = open_source(str(tiny_synth / "videos" / "stream_00.mp4"), decoder="ffmpeg")
+    assert src.info.decoder == "ffmpeg" and src.info.notes[0].endswith("(FFmpeg was asked for)")
+    src.close()
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("csi://0?size=big", "csi://0?size=big: bad CSI camera parameters; expected csi://N?mode=M&size=WxH&fps=F"),
+    ("csi://0?exposure=3", "unknown parameter 'exposure'"),
+])
+def test_bad_csi_camera_uri(engines, tmp_path, uri, message):
+    r = run_cli("run-stream", str(engines["detection"]), uri, "--out", str(tmp_path / "o"), "-q")
+    assert_one_line_error(r, message)

@@ -15,8 +15,9 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
                     "report.json/.md, latency plots, annotated.mp4 and results.jsonl to --out.",
     )
     rs.add_argument("engine", help="engine from build-engine (or an ONNX from edgekit export)")
-    rs.add_argument("source", help="video file, image folder, camera index, /dev/videoN, csi://N, rtsp://..., "
-                                   "synthetic://")
+    rs.add_argument("source", help="video file, image folder, camera index, /dev/videoN, "
+                                   "csi://N?mode=M&size=WxH&fps=F (sensor N, nvarguscamerasrc sensor mode M, scaled "
+                                   "to WxH in nvvidconv; all optional), rtsp://..., synthetic://")
     add_out(rs, "runs/stream")
     add_task_filter(rs)
     rs.add_argument("--max-frames", type=int, default=0)
@@ -28,7 +29,13 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     rs.add_argument("--no-jsonl", action="store_true", help="do not write results.jsonl")
     rs.add_argument("--show", action="store_true", help="show a window (needs a display)")
     rs.add_argument("--queue-size", type=int, default=4, help="frames each queue holds (default 4)")
-    rs.add_argument("--timeout", type=float, default=5.0, help="seconds without frames before a reconnect")
+    rs.add_argument("--timeout", type=float, default=5.0,
+                    help="seconds without frames before a reconnect (FFmpeg path; on the GStreamer path OpenCV's "
+                         "30 s read timeout applies)")
+    rs.add_argument("--decoder", choices=("auto", "gstreamer", "ffmpeg"),
+                    help="how RTSP streams and H.264/H.265 files are decoded: auto (default; on a Jetson, GStreamer "
+                         "with the hardware decoder nvv4l2decoder, falling back to FFmpeg), gstreamer (hardware only, "
+                         "an error where unavailable) or ffmpeg; default from $EDGEKIT_VIDEO_DECODER")
     rs.add_argument("--reconnect", type=int, default=3, help="reconnect attempts for a network stream")
     rs.add_argument("--rtsp-transport", default="tcp", choices=("tcp", "udp"))
     rs.add_argument("--rtsp-latency", type=int, default=200, metavar="MS", help="RTSP jitter buffer (default 200)")
@@ -46,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         out=args.out, task=args.task, save_video=not args.no_video, jsonl=not args.no_jsonl, show=args.show,
         max_frames=args.max_frames, duration=args.duration, loop=args.loop, score_threshold=args.score_threshold,
         iou_threshold=args.iou_threshold, queue_size=args.queue_size, timeout=args.timeout, reconnect=args.reconnect,
-        rtsp_transport=args.rtsp_transport, rtsp_latency_ms=args.rtsp_latency, progress=not args.quiet,
+        rtsp_transport=args.rtsp_transport, rtsp_latency_ms=args.rtsp_latency, decoder=args.decoder,
+        progress=not args.quiet,
         power=not args.no_power,
     )
     r = run_stream(args.engine, args.source, opts)

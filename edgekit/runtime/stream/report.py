@@ -31,7 +31,8 @@ def build(p: Pipeline, extra: Dict[str, Any]) -> Dict[str, Any]:
     report = {
         "schema": SCHEMA,
         "source": {"uri": p.source.info.uri, "kind": p.source.info.kind, "live": p.source.info.live,
-                   "fps": p.source.info.fps, "reconnects": p.source.reconnects},
+                   "fps": p.source.info.fps, "reconnects": p.source.reconnects,
+                   "decoder": p.source.info.decoder, "notes": list(p.source.info.notes)},
         "frames": {"in": c.frames_in, "processed": c.processed, "dropped": c.dropped,
                    "accounted": c.frames_in == c.processed + c.dropped},
         "stop_reason": p.stop_reason,

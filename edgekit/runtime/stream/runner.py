@@ -41,6 +41,7 @@ class StreamOptions:
     reconnect: int = 3
     rtsp_transport: str = "tcp"
     rtsp_latency_ms: int = 200
+    decoder: Optional[str] = None  # auto | gstreamer | ffmpeg (default: $EDGEKIT_VIDEO_DECODER, else auto)
     progress: bool = True
     power: bool = True  # sample tegrastats on a Jetson
 
@@ -96,7 +97,8 @@ def run_stream(engine: "str | Path", source_uri: str, opts: StreamOptions) -> Di
     model = Model(opened, opts.score_threshold, opts.iou_threshold)
     try:
         source = open_source(source_uri, loop=opts.loop, timeout_s=opts.timeout, reconnect=opts.reconnect,
-                             rtsp_transport=opts.rtsp_transport, rtsp_latency_ms=opts.rtsp_latency_ms)
+                             rtsp_transport=opts.rtsp_transport, rtsp_latency_ms=opts.rtsp_latency_ms,
+                             decoder=opts.decoder)
     except BaseException:
         model.close()
         raise

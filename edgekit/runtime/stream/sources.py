@@ -18,6 +18,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.runtime.data.datasets import IMAGE_EXTS
+from edgekit.runtime.stream import decoders as dec
 
 # OpenCV and its FFmpeg print warnings of their own for every failed open or damaged packet; edgekit
 # reports those as one line. EDGEKIT_VIDEO_LOG=1 brings them back for debugging.
@@ -45,6 +46,7 @@ class SourceInfo:
     width: int = 0
     height: int = 0
     notes: List[str] = field(default_factory=list)
+    decoder: str = ""  # which path decodes it: ffmpeg, gstreamer+nvv4l2decoder/h264, ... (notes say why)
 
 
 def _synth_truth_names() -> Dict[str, List[str]]:
@@ -72,30 +74,63 @@ _IMAGE_MAGIC = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"), 
 
 
 class VideoFileSource(Source):
-    def __init__(self, path: Path, loop: bool = False) -> None:
+    def __init__(self, path: Path, loop: bool = False, decoder: Optional[str] = None) -> None:
         if not path.is_file():
             raise EdgekitError(f"{path}: video file not found")
         if path.stat().st_size == 0:
             raise EdgekitError(f"{path}: empty file, not a video")
         with open(path, "rb") as f:
-            head = f.read(8)
+            head = f.read(512)
         for magic, kind in _IMAGE_MAGIC:
             if head.startswith(magic):
                 raise EdgekitError(f"{path}: this is a {kind} image, not a video (pass its folder to read images)")
         self.path, self.loop = path, loop
+        requested = dec.requested_decoder(decoder)
+        # FFmpeg reads the file first, everywhere: it checks the file decodes and says which codec it holds.
+        self.opener = dec.Opener("ffmpeg", str(path), cv2.CAP_FFMPEG)
         cap = self._open()
         ok, first = cap.read()
         if not ok:
             cap.release()
             raise EdgekitError(f"{path}: no frame could be decoded (corrupt, truncated or not a video)")
+        fourcc = int(cap.get(cv2.CAP_PROP_FOURCC))
         self.info = SourceInfo(str(path), "file", False, cap.get(cv2.CAP_PROP_FPS) or 0.0,
-                               first.shape[1], first.shape[0])
+                               first.shape[1], first.shape[0], decoder="ffmpeg")
         cap.release()
+        self._choose_decoder(requested, dec.codec_from_fourcc(fourcc), dec.demuxer_for(head), fourcc)
         # Ground truth beside a video written by `edgekit data synth`: NAME.gt.jsonl (+ NAME.masks.npz).
         self.gt_path = path.with_name(path.stem + ".gt.jsonl")
         self.masks_path = path.with_name(path.stem + ".masks.npz")
         self.has_truth = self.gt_path.is_file()
         self.truth_names = _synth_truth_names() if self.has_truth else {}
+
+    def _choose_decoder(self, requested: str, codec: Optional[str], demuxer: Optional[str], fourcc: int) -> None:
+        """Jetson: H.264/H.265 through GStreamer and the hardware decoder where it opens; else FFmpeg."""
+        vio = dec.opencv_video_io()
+        hardware = dec.hardware_pipeline_available(vio) if requested != "ffmpeg" else (False, "")
+        plan = dec.plan_decoders(str(self.path), "file", requested, hardware, codec, demuxer)
+        notes = self.info.notes
+        if plan.attempts[0][0] == "ffmpeg":
+            notes.append(f"decoder: {vio.describe_ffmpeg()}" + (f" ({plan.reason})" if plan.reason else ""))
+            return
+        if codec is None or demuxer is None:  # the plan never puts GStreamer first without both
+            return
+        hw = dec.Opener(f"gstreamer+nvv4l2decoder/{codec}", dec.file_pipeline(str(self.path), demuxer, codec),
+                        cv2.CAP_GSTREAMER)
+        cap = hw.open()
+        ok = cap is not None and cap.read()[0]
+        if cap is not None:
+            cap.release()
+        if ok:
+            self.opener, self.info.decoder = hw, hw.decoder
+            notes.append(f"decoder: GStreamer, nvv4l2decoder ({codec}, {demuxer}; {plan.reason})")
+            notes.append(f"GStreamer pipeline: {hw.target}")
+        elif len(plan.attempts) > 1:
+            notes.append(f"decoder: {vio.describe_ffmpeg()} (the hardware pipeline for this {codec} file did not "
+                         "open)")
+        else:
+            raise EdgekitError(f"{self.path}: the GStreamer hardware pipeline asked for did not open "
+                               f"({codec}, fourcc {dec.fourcc_text(fourcc)!r})")
 
     def _truth(self) -> Iterator[Optional[Dict[str, Any]]]:
         if not self.has_truth:
@@ -114,8 +149,8 @@ class VideoFileSource(Source):
             yield None
 
     def _open(self) -> Any:
-        cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
-        if not cap.isOpened():
+        cap = self.opener.open()
+        if cap is None:
             raise EdgekitError(f"{self.path}: cannot open video (unsupported format, corrupt, or not a video)")
         return cap
 
@@ -142,7 +177,7 @@ class ImageFolderSource(Source):
         if not self.files:
             raise EdgekitError(f"{path}: folder holds no images ({', '.join(IMAGE_EXTS)})")
         self.loop = loop
-        self.info = SourceInfo(str(path), "images", False, 0.0)
+        self.info = SourceInfo(str(path), "images", False, 0.0, decoder="imread")
 
     def frames(self) -> Iterator[Captured]:
         while True:
@@ -171,7 +206,7 @@ class SyntheticSource(Source):
         from edgekit.runtime.data.synth import VideoScene
 
         self.scene = VideoScene(seed, (w, h), objects=objects, speed=speed)
-        self.info = SourceInfo(uri, "synthetic", True, self.fps, w, h)
+        self.info = SourceInfo(uri, "synthetic", True, self.fps, w, h, decoder="synthetic")
         self.has_truth, self.truth_names = True, _synth_truth_names()
 
     def frames(self) -> Iterator[Captured]:
@@ -190,34 +225,39 @@ class SyntheticSource(Source):
 
 
 class CaptureSource(Source):
-    """Cameras (index, /dev/videoN), CSI cameras through GStreamer, and RTSP through FFmpeg. Reconnects
-    with back-off when a network stream stops delivering."""
+    """Cameras (index, /dev/videoN), CSI cameras and RTSP streams. The first open tries each way of opening
+    in turn (on a Jetson: GStreamer with the hardware decoder, then FFmpeg); reconnects, with back-off when a
+    network stream stops delivering, reuse the one that worked."""
 
-    def __init__(self, uri: str, kind: str, target: Any, backend: int, live: bool = True,
-                 timeout_s: float = 5.0, reconnect: int = 0, rtsp_transport: str = "tcp",
-                 rtsp_latency_ms: int = 200) -> None:
-        self.uri, self.kind, self.target, self.backend = uri, kind, target, backend
-        self.timeout_s, self.reconnect = timeout_s, reconnect
-        self.rtsp_transport, self.rtsp_latency_ms = rtsp_transport, rtsp_latency_ms
-        cap = self._open(first=True)
+    _FAILURES = {"rtsp": "RTSP stream refused or unreachable", "camera": "camera absent or busy",
+                 "csi": "CSI camera unavailable (needs OpenCV with GStreamer and nvarguscamerasrc)"}
+
+    def __init__(self, uri: str, kind: str, openers: List[dec.Opener], live: bool = True, reconnect: int = 0,
+                 notes: Optional[List[str]] = None) -> None:
+        self.uri, self.kind, self.reconnect = uri, kind, reconnect
+        self.opener = openers[0]
+        notes = list(notes or [])
+        cap = None
+        for i, opener in enumerate(openers):
+            cap = opener.open()
+            if cap is not None:
+                self.opener = opener
+                if i:
+                    notes.append(f"{', '.join(o.decoder for o in openers[:i])} did not open; opened with "
+                                 f"{opener.decoder}")
+                break
+        if cap is None:
+            raise EdgekitError(f"{uri}: cannot open ({self._FAILURES[kind]})")
+        if self.opener.backend == cv2.CAP_GSTREAMER:
+            notes.append(f"GStreamer pipeline: {self.opener.target}")
         w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        self.info = SourceInfo(uri, kind, live, cap.get(cv2.CAP_PROP_FPS) or 0.0, w, h)
+        self.info = SourceInfo(uri, kind, live, cap.get(cv2.CAP_PROP_FPS) or 0.0, w, h, notes, self.opener.decoder)
         self.cap: Any = cap
 
-    def _open(self, first: bool = False) -> Any:
-        if self.kind == "rtsp":
-            # FFmpeg options for OpenCV's capture: transport and a read timeout (microseconds).
-            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = (
-                f"rtsp_transport;{self.rtsp_transport}|timeout;{int(self.timeout_s * 1e6)}"
-                f"|max_delay;{int(self.rtsp_latency_ms * 1000)}")
-        cap = cv2.VideoCapture(self.target, self.backend)
-        if not cap.isOpened():
-            cap.release()
-            what = {"rtsp": "RTSP stream refused or unreachable", "camera": "camera absent or busy",
-                    "csi": "CSI camera unavailable (needs OpenCV with GStreamer and nvarguscamerasrc)"}[self.kind]
-            raise EdgekitError(f"{self.uri}: cannot open ({what})")
-        if self.kind == "rtsp":
-            cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.timeout_s * 1000)
+    def _open(self) -> Any:
+        cap = self.opener.open()
+        if cap is None:
+            raise EdgekitError(f"{self.uri}: cannot open ({self._FAILURES[self.kind]})")
         return cap
 
     def frames(self) -> Iterator[Captured]:
@@ -244,32 +284,49 @@ class CaptureSource(Source):
 
 
 def gstreamer_available() -> bool:
-    info = cv2.getBuildInformation()
-    return any("GStreamer" in ln and "YES" in ln for ln in info.splitlines())
+    return dec.opencv_video_io().gstreamer
+
+
+def _rtsp_source(uri: str, requested: str, timeout_s: float, reconnect: int, transport: str,
+                 latency_ms: int) -> CaptureSource:
+    vio = dec.opencv_video_io()
+    hardware = dec.hardware_pipeline_available(vio) if requested != "ffmpeg" else (False, "")
+    plan = dec.plan_decoders(uri, "rtsp", requested, hardware)
+    openers = dec.rtsp_openers(uri, plan, vio, transport, latency_ms, timeout_s)
+    notes = [f"decoder plan: {', '.join(o.decoder for o in openers)} ({plan.reason})"]
+    ffmpeg = next((o for o in openers if o.decoder == "ffmpeg"), None)
+    if ffmpeg is not None:
+        notes.append(f"FFmpeg: {vio.describe_ffmpeg()}, options {ffmpeg.ffmpeg_options}")
+    src = CaptureSource(uri, "rtsp", openers, reconnect=reconnect, notes=notes)
+    if src.opener.backend == cv2.CAP_GSTREAMER:
+        src.info.notes.append(dec.gstreamer_stall_note(cv2.__version__, timeout_s))
+    return src
 
 
 def open_source(uri: str, loop: bool = False, timeout_s: float = 5.0, reconnect: int = 3,
-                rtsp_transport: str = "tcp", rtsp_latency_ms: int = 200) -> Source:
-    """The source a URI names (DESIGN.md section 5)."""
+                rtsp_transport: str = "tcp", rtsp_latency_ms: int = 200, decoder: Optional[str] = None) -> Source:
+    """The source a URI names (DESIGN.md section 5). `decoder` (default: $EDGEKIT_VIDEO_DECODER, else auto)
+    picks how RTSP streams and video files are decoded: auto, gstreamer (Jetson hardware decoder) or ffmpeg."""
     if uri.startswith("synthetic://"):
         return SyntheticSource(uri)
     if uri.startswith(("rtsp://", "rtsps://")):
-        return CaptureSource(uri, "rtsp", uri, cv2.CAP_FFMPEG, timeout_s=timeout_s, reconnect=reconnect,
-                             rtsp_transport=rtsp_transport, rtsp_latency_ms=rtsp_latency_ms)
+        return _rtsp_source(uri, dec.requested_decoder(decoder), timeout_s, reconnect, rtsp_transport,
+                            rtsp_latency_ms)
     if uri.startswith("csi://"):
+        req = dec.parse_csi_uri(uri)
         if not gstreamer_available():
             raise EdgekitError(f"{uri}: this OpenCV has no GStreamer support (use JetPack's OpenCV on a Jetson)")
-        n = uri[len("csi://"):] or "0"
-        pipeline = (f"nvarguscamerasrc sensor-id={int(n)} ! video/x-raw(memory:NVMM) ! nvvidconv ! "
-                    "video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=1 max-buffers=1")
-        return CaptureSource(uri, "csi", pipeline, cv2.CAP_GSTREAMER)
+        return CaptureSource(uri, "csi", [dec.Opener("gstreamer+nvarguscamerasrc", dec.csi_pipeline(req),
+                                                     cv2.CAP_GSTREAMER)])
     if uri.isdigit() or uri.startswith("/dev/video"):
         target: Any = int(uri) if uri.isdigit() else uri
-        return CaptureSource(uri, "camera", target, cv2.CAP_V4L2 if hasattr(cv2, "CAP_V4L2") else cv2.CAP_ANY)
+        v4l2 = hasattr(cv2, "CAP_V4L2")
+        return CaptureSource(uri, "camera", [dec.Opener("v4l2" if v4l2 else "opencv", target,
+                                                        cv2.CAP_V4L2 if v4l2 else cv2.CAP_ANY)])
     p = Path(uri)
     if p.is_dir():
         return ImageFolderSource(p, loop)
     if not p.exists():
         raise EdgekitError(f"{uri}: source not found (a video file, image folder, camera index, /dev/videoN, "
                            "csi://N, rtsp://... or synthetic://)")
-    return VideoFileSource(p, loop)
+    return VideoFileSource(p, loop, decoder)
