@@ -66,6 +66,8 @@ class BuildReport:
     card: Optional[ModelCard] = None  # the card the engine carries
     card_source: str = ""  # where it came from: edgekit metadata, Ultralytics metadata, a card file, flags
     fixed_input: List[str] = field(default_factory=list)  # dynamic input axes given the card's size
+    placement: Dict[str, List[str]] = field(default_factory=dict)  # device -> layers, where the build placed them
+    dla_core: Optional[int] = None
 
 
 def _backends_with(feature: str) -> List[str]:
@@ -136,10 +138,37 @@ def _is_up_to_date(out: Path, fp: Dict[str, Any]) -> bool:
 SIDE_FILE_SUFFIX = {TENSORRT_QDQ: "trt-qdq", ONNXRUNTIME_U8S8: "u8s8"}  # ENGINE.<suffix>.onnx
 
 
+def check_batch_axis(model: Any, max_batch: int, source: str) -> None:
+    """--max-batch N (N > 1) needs an input with a dynamic batch axis: refused in one line before anything is
+    written (every backend would otherwise fail later, TensorRT with a generic message of its own)."""
+    if max_batch < 1:
+        raise EdgekitError(f"--max-batch {max_batch}: the largest batch is 1 or more")
+    inputs, _ = onnx_io.io_names(model)
+    if max_batch == 1 or not inputs:
+        return
+    dims = inputs[0].type.tensor_type.shape.dim
+    if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+        raise EdgekitError(f"{source}: --max-batch {max_batch} needs a dynamic batch axis, but input "
+                           f"'{inputs[0].name}' has a static batch of {dims[0].dim_value}: export with "
+                           f"`edgekit export --dynamic-batch {max_batch}`")
+
+
+def placement_summary(placement: Dict[str, List[str]], dla_core: Optional[int], shown: int = 8) -> str:
+    """One line on where a DLA build runs its layers, e.g. 'layers: 41 on DLA 0, 3 fell back to GPU: A, B, C'."""
+    dla, gpu = placement.get("DLA", []), placement.get("GPU", [])
+    text = f"layers: {len(dla)} on DLA{'' if dla_core is None else f' {dla_core}'}"
+    if not gpu:
+        return text + ", none fell back to GPU"
+    names = ", ".join(gpu[:shown])
+    more = f" and {len(gpu) - shown} more (all listed in the manifest)" if len(gpu) > shown else ""
+    return text + f", {len(gpu)} fell back to GPU: {names}{more}"
+
+
 def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions) -> BuildReport:
     t0 = time.perf_counter()
     onnx_path, out = Path(onnx_path), Path(out)
     model = onnx_io.load_model(onnx_path)
+    check_batch_axis(model, opts.max_batch, str(onnx_path))
     described = describe.card_for(model, str(onnx_path), opts.card_file, opts.card_overrides, opts.layout)
     card = described.card
     fixed = describe.fix_input_shape(model, card, opts.max_batch)
@@ -159,7 +188,8 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
         m = mf.read(out)
         return BuildReport(out, mf.path_for(out), backend, precision, 0.0, out.stat().st_size,
                            m.int8.kept_fp32 if m.int8 else [], m.agreement, dict(m.files),
-                           registry.task(card.task).agreement_key, up_to_date=True)
+                           registry.task(card.task).agreement_key, up_to_date=True, placement=m.placement or {},
+                           dla_core=m.backend.dla_core)
 
     from edgekit.build.sparsity import check_onnx
 
@@ -191,9 +221,12 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
             fp32, files, work, precision, card.input_size,
             calib_tensors=tensors if precision == "int8" else None,
             calib_cache=out.with_name(out.name + ".calib.cache") if precision == "int8" else None,
-            dla_core=opts.dla_core, workspace_mb=opts.workspace_mb, timing_cache=opts.timing_cache,
-            sparsity=opts.sparsity, max_batch=opts.max_batch, to_fp16_onnx=_to_fp16_onnx,
+            calib_method=opts.calib_method, dla_core=opts.dla_core, workspace_mb=opts.workspace_mb,
+            timing_cache=opts.timing_cache, sparsity=opts.sparsity, max_batch=opts.max_batch,
+            to_fp16_onnx=_to_fp16_onnx,
         ))
+        if built.record.int8_path == mf.INT8_IMPLICIT:
+            kept = {}  # TensorRT calibrated every layer itself: the Q/DQ file's choices do not apply to this engine
         reference = reference_outputs(fp32, tensors)
         with cls.load(built.engine, built.record) as engine:
             agreement = measure_agreement(card, reference, engine, tensors)
@@ -216,7 +249,7 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
             preprocess_sha256=fp["preprocess_sha256"],
             io=_io_description(built.io_onnx),
             int8=None if precision != "int8" else mf.Int8Record(
-                method=opts.calib_method, quantizer="onnxruntime.quantization (QDQ, per-channel weights)",
+                method=opts.calib_method, quantizer=_quantizer(built.record),
                 calibration=mf.CalibrationRecord(calib.source if calib else "", len(tensors),
                                                  fp["calibration_sha256"]),
                 kept_fp32=sorted(kept), kept_reason=kept, engine_file_is=built.int8_engine_is),
@@ -226,6 +259,7 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
                                  fp["flags"]),
             fingerprint=fp,
             sparsity=sparse,
+            placement=built.placement or None,
             card=card,
         )
         mtmp = work / "manifest.json"
@@ -240,7 +274,15 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
         shutil.rmtree(work, ignore_errors=True)
     return BuildReport(out, mf.path_for(out), backend, precision, seconds, out.stat().st_size, sorted(kept),
                        agreement, {k: str(v) for k, v in final_files.items()}, registry.task(card.task).agreement_key,
-                       sparsity=sparse, card=card, card_source=described.source, fixed_input=fixed)
+                       sparsity=sparse, card=card, card_source=described.source, fixed_input=fixed,
+                       placement=built.placement, dla_core=opts.dla_core)
+
+
+def _quantizer(record: BackendRecord) -> str:
+    """What quantized the engine, truthfully: TensorRT's own calibrator (implicit) or the Q/DQ file's quantizer."""
+    if record.int8_path == mf.INT8_IMPLICIT:
+        return f"TensorRT implicit calibration ({record.calibrator or 'its calibrator'}) of the FP32 ONNX"
+    return "onnxruntime.quantization (QDQ, per-channel weights)"
 
 
 def _to_fp16_onnx(src: Path, dst: Path) -> Path:

@@ -28,7 +28,8 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     be.add_argument("--workspace", type=int, default=1024, metavar="MB", help="TensorRT workspace (default 1024)")
     be.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to read and update")
     be.add_argument("--sparsity", action="store_true", help="let TensorRT use 2:4 sparse weights")
-    be.add_argument("--max-batch", type=int, default=1, help="largest batch (dynamic-batch ONNX)")
+    be.add_argument("--max-batch", type=int, default=1,
+                    help="largest batch (needs an ONNX with a dynamic batch axis: edgekit export --dynamic-batch N)")
     be.add_argument("--if-stale", action="store_true", help="rebuild only when an input or the environment changed")
     add_card_flags(be)
     be.set_defaults(func=run)
@@ -36,7 +37,7 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgekit.build.engine_build import BuildOptions, build_engine
+    from edgekit.build.engine_build import BuildOptions, build_engine, placement_summary
 
     opts = BuildOptions(
         backend=args.backend, precision=args.precision, calib=args.calib, calib_method=args.calib_method,
@@ -59,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
               (f"; fixed the dynamic input's {', '.join(rep.fixed_input)}" if rep.fixed_input else ""))
     for kind, path in rep.extra_files.items():
         print(f"also wrote: {path} ({kind})")
+    if rep.placement:
+        print(placement_summary(rep.placement, rep.dla_core))
     if rep.precision == "int8":
         shown = ", ".join(rep.kept_fp32[:12]) or "none"
         more = f" and {len(rep.kept_fp32) - 12} more (all listed in the manifest)" if len(rep.kept_fp32) > 12 else ""

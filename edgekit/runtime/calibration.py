@@ -1,13 +1,18 @@
 """Calibration images for INT8: from a folder or frames sampled from a video, validated, hashed.
 
 Runtime side (NumPy + OpenCV). The frames go through the same preprocessing function as inference.
+
+A calibration cache (TensorRT's implicit calibration, for DLA) is only as good as what it was computed from:
+it is keyed to the ONNX calibrated, the calibration tensors, the method and the TensorRT version, and a cache
+written for anything else is ignored and rewritten.
 """
 
+import contextlib
 import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -150,3 +155,46 @@ def select_from_video(path: Path, n: int, analysis_width: int = 64) -> Tuple[Lis
         picks.add(i)
     indices = sorted(picks)
     return indices, read_video_frames(path, indices)
+
+
+CACHE_KEY_SUFFIX = ".key"  # beside the cache: the key it was written for
+
+
+def cache_key(onnx: Path, tensors: Sequence[np.ndarray], method: str, backend_version: str) -> str:
+    """What a calibration cache depends on, as a hex sha256: the bytes of the ONNX calibrated, the calibration
+    tensors (as the calibrator sends them: float32, with their shapes), the method and the TensorRT version."""
+    h = hashlib.sha256(b"edgekit.calibration-cache/1\0")
+    with open(onnx, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    h.update(f"\0{method}\0{backend_version}\0{len(tensors)}\0".encode())
+    for t in tensors:
+        a = np.ascontiguousarray(t, dtype=np.float32)
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def key_path(cache: Path) -> Path:
+    return cache.with_name(cache.name + CACHE_KEY_SUFFIX)
+
+
+def read_cache(cache: Path, key: str) -> Optional[bytes]:
+    """The cache's bytes where it was written for `key`; None where it is missing or stale."""
+    try:
+        if key_path(cache).read_text().strip() != key:
+            return None
+        return cache.read_bytes()
+    except OSError:
+        return None
+
+
+def write_cache(cache: Path, key: str, data: bytes) -> None:
+    """Write the cache and then its key, each atomically; the old key goes first, so a cache whose key file
+    says otherwise is never read (an interrupted write leaves a cache without a key: ignored)."""
+    from edgekit.runtime.artifacts import write_bytes
+
+    with contextlib.suppress(FileNotFoundError):
+        key_path(cache).unlink()
+    write_bytes(cache, bytes(data))
+    write_bytes(key_path(cache), key.encode() + b"\n")

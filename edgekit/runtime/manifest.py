@@ -16,6 +16,9 @@ from edgekit.runtime import records
 from edgekit.runtime.card import ModelCard
 
 SCHEMA = "edgekit.manifest/1"
+# How an INT8 TensorRT engine was made (BackendRecord.int8_path)
+INT8_QDQ = "explicit Q/DQ"  # TensorRT built the symmetric Q/DQ ONNX
+INT8_IMPLICIT = "implicit calibration"  # TensorRT calibrated the FP32 ONNX itself (DLA)
 
 
 @dataclass
@@ -44,6 +47,10 @@ class BackendRecord:
     builder_flags: Optional[List[str]] = None
     build_seconds: Optional[float] = None
     calibration_cache: Optional[str] = None
+    # INT8 engines: which path built it (INT8_QDQ: TensorRT built the symmetric Q/DQ ONNX; INT8_IMPLICIT: TensorRT
+    # calibrated the FP32 ONNX itself, with `calibrator`, as DLA needs)
+    int8_path: Optional[str] = None
+    calibrator: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return records.to_dict(self)
@@ -133,9 +140,14 @@ class Manifest:
     fingerprint: Dict[str, Any]  # everything the engine depends on, compared whole by --if-stale
     card: ModelCard
     sparsity: Optional[Dict[str, Any]] = None
+    # where the engine's layers run, for a build that places them (TensorRT with a DLA core): device ("DLA",
+    # "GPU") -> layer names; written only when there is something to say
+    placement: Optional[Dict[str, List[str]]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         d = records.to_dict(self)
+        if not d.get("placement"):
+            d.pop("placement", None)
         d["card"] = d.pop("card")  # the card last, as manifests have always had it
         return d
 

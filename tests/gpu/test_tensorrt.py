@@ -101,12 +101,19 @@ def test_int8_engine_from_qdq(trt, det_onnx, tiny_calib, tmp_path):
     rep = build_engine(det_onnx, engine, BuildOptions(backend="tensorrt", precision="int8", calib=str(tiny_calib),
                                                       calib_size=16))
     assert rep.precision == "int8" and rep.agreement["frames"] > 0
-    assert json.loads(mf.path_for(engine).read_text())["files"]["tensorrt_qdq_onnx"]
+    m = json.loads(mf.path_for(engine).read_text())
+    assert m["files"]["tensorrt_qdq_onnx"]
+    # every TensorRT generation builds the Q/DQ file on the GPU, and the manifest says so
+    assert m["backend"]["int8_path"] == "explicit Q/DQ" and "calibrator" not in m["backend"]
+    assert m["int8"]["quantizer"].startswith("onnxruntime.quantization") and "Q/DQ" in m["int8"]["engine_file_is"]
+    assert not (tmp_path / "det.int8.plan.calib.cache").exists()
 
 
-def test_implicit_calibrator_writes_and_reuses_a_cache(trt, det_onnx, tiny_calib, tmp_path):
-    if getattr(trt, "IInt8EntropyCalibrator2", None) is None:
+def test_implicit_calibrator_reuses_its_cache_only_for_the_same_inputs(trt, det_onnx, tiny_calib, tmp_path,
+                                                                       monkeypatch):
+    if getattr(trt, "IInt8MinMaxCalibrator", None) is None:
         pytest.skip("this TensorRT has no implicit calibrator (11.x)")
+    from edgekit.runtime import calibration
     from edgekit.runtime.backends.base import BuildRequest
     from edgekit.runtime.backends.tensorrt import build_serialized
     from edgekit.runtime.calibration import load
@@ -114,19 +121,87 @@ def test_implicit_calibrator_writes_and_reuses_a_cache(trt, det_onnx, tiny_calib
     card = open_engine_card(det_onnx)
     tensors = [preprocess(f, card)[0] for f in load(tiny_calib, 8).frames]
     cache = tmp_path / "det.calib.cache"
+    reads = []
+    real_read = calibration.read_cache
+
+    def spy(path, key):
+        got = real_read(path, key)
+        reads.append(got is not None)
+        return got
+
+    monkeypatch.setattr(calibration, "read_cache", spy)
 
     def request(calib_tensors):
         return BuildRequest(det_onnx, {}, tmp_path, "int8", card.input_size, calib_tensors=calib_tensors,
-                            calib_cache=cache, workspace_mb=512)
+                            calib_cache=cache, calib_method="minmax", workspace_mb=512)
 
-    build_serialized(request(tensors), tmp_path / "a.plan", force_implicit=True)
+    record = build_serialized(request(tensors), tmp_path / "a.plan", force_implicit=True)
+    assert record.int8_path == "implicit calibration" and record.calibrator == "IInt8MinMaxCalibrator"
     first = cache.read_text(errors="replace")
-    assert first.splitlines()[0].startswith("TRT-") and "Calibration" in first.splitlines()[0]
-    # Calibrating black frames would give other scales: an unchanged cache shows the second build read it
-    # instead of calibrating again.
+    assert first.splitlines()[0].startswith("TRT-") and "MinMaxCalibration" in first.splitlines()[0]
+    assert reads == [False]
+    build_serialized(request(tensors), tmp_path / "b.plan", force_implicit=True)
+    assert reads[-1] is True  # same ONNX, images, method and TensorRT: the cache was used
     black = [np.zeros_like(t) for t in tensors]
-    build_serialized(request(black), tmp_path / "b.plan", force_implicit=True)
-    assert cache.read_text(errors="replace") == first
+    build_serialized(request(black), tmp_path / "c.plan", force_implicit=True)
+    assert reads[-1] is False  # other images: the stale cache was ignored and TensorRT calibrated again
+    assert cache.read_text(errors="replace") != first
+
+
+def test_engine_memory_is_flat_and_freed_on_close(trt, det_onnx, tmp_path):
+    engine = tmp_path / "det.plan"
+    build_engine(det_onnx, engine, BuildOptions(backend="tensorrt", precision="fp16"))
+    opened = open_engine(engine)
+    backend = opened.backend
+    x, _ = preprocess(np.full((240, 320, 3), 100, np.uint8), opened.card)
+    for _ in range(20):
+        backend.infer([x])
+    free0 = backend.cuda.mem_info()[0]
+    for _ in range(1000):
+        backend.infer([x])
+    assert abs(backend.cuda.mem_info()[0] - free0) < (4 << 20)
+    opened.close()
+    assert backend.cuda.mem_info()[0] >= free0
+    opened.close()  # again: nothing happens
+    with pytest.raises(EdgekitError, match="closed"):
+        backend.infer([x])
+
+
+def test_layer_times_name_real_layers(trt, det_onnx, tmp_path):
+    engine = tmp_path / "det.plan"
+    build_engine(det_onnx, engine, BuildOptions(backend="tensorrt", precision="fp16"))
+    with open_engine(engine) as opened:
+        x, _ = preprocess(np.full((240, 320, 3), 100, np.uint8), opened.card)
+        times = opened.backend.layer_times([x], 50)
+        opened.infer(x)  # the profiler is detached: runs go on as before
+    assert times and all(t.ms >= 0 and t.device == "GPU" and t.name for t in times)
+    assert [t.ms for t in times] == sorted((t.ms for t in times), reverse=True)
+    assert any(t.kind for t in times)  # built with detailed profiling verbosity: the inspector gives kinds
+
+
+def test_inference_from_a_worker_thread(trt, det_onnx, tmp_path):
+    """run-stream infers on a pipeline thread: the engine loaded on the main thread runs there (primary context)."""
+    import threading
+
+    engine = tmp_path / "det.plan"
+    build_engine(det_onnx, engine, BuildOptions(backend="tensorrt", precision="fp32"))
+    with open_engine(engine, pipelined=True) as opened:
+        x, _ = preprocess(np.full((240, 320, 3), 100, np.uint8), opened.card)
+        expected = opened.infer(x)
+        got, errors = [], []
+
+        def work():
+            try:
+                got.append(opened.infer(x))
+            except Exception as e:  # collected for the main thread
+                errors.append(e)
+
+        t = threading.Thread(target=work)
+        t.start()
+        t.join(120)
+    assert not errors, errors
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[0][name], value, atol=1e-5)
 
 
 def test_manifest_from_another_gpu_is_refused(trt, det_onnx, tmp_path):
@@ -146,8 +221,22 @@ def test_dla_engine_where_present(trt, det_onnx, tiny_calib, tmp_path):
         pytest.skip("no DLA cores on this device")
     engine = tmp_path / "det.dla.plan"
     rep = build_engine(det_onnx, engine, BuildOptions(backend="tensorrt", precision="fp16", dla_core=0))
-    assert json.loads(mf.path_for(engine).read_text())["backend"]["dla_core"] == 0
+    m = json.loads(mf.path_for(engine).read_text())
+    assert m["backend"]["dla_core"] == 0
     assert rep.agreement["detection_f1"] >= 0.95  # FP16 on the DLA follows the FP32 graph closely
+    # where the layers run, from the engine inspector: most on the DLA, in the manifest and the build summary
+    assert rep.placement.get("DLA") and m["placement"] == rep.placement
+    from edgekit.build.engine_build import placement_summary
+
+    assert placement_summary(rep.placement, 0).startswith(f"layers: {len(rep.placement['DLA'])} on DLA 0")
+    if getattr(trt, "IInt8MinMaxCalibrator", None) is not None:  # INT8 on the DLA: TensorRT calibrates itself
+        int8 = tmp_path / "det.dla.int8.plan"
+        build_engine(det_onnx, int8, BuildOptions(backend="tensorrt", precision="int8", dla_core=0,
+                                                  calib=str(tiny_calib), calib_size=16))
+        m = json.loads(mf.path_for(int8).read_text())
+        assert m["backend"]["int8_path"] == "implicit calibration"
+        assert m["int8"]["quantizer"].startswith("TensorRT implicit calibration (IInt8MinMaxCalibrator)")
+        assert m["int8"]["kept_fp32"] == [] and (tmp_path / "det.dla.int8.plan.calib.cache").is_file()
 
 
 @pytest.fixture(scope="module")

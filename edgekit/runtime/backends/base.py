@@ -66,6 +66,7 @@ class BuildRequest:
     input_size: Tuple[int, int]  # (height, width)
     calib_tensors: Optional[Sequence[np.ndarray]] = None
     calib_cache: Optional[Path] = None
+    calib_method: str = "minmax"  # what --calib-method asked for (the calibrator, where the backend calibrates itself)
     dla_core: Optional[int] = None
     workspace_mb: int = 1024
     timing_cache: Optional[str] = None

@@ -1,9 +1,13 @@
 """ONNX Runtime backend: an "engine" is an ONNX file plus the providers and session options it was
 validated with (recorded in its manifest)."""
 
+import json
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -14,6 +18,7 @@ from edgekit.runtime.backends.base import (
     BuildRequest,
     BuildResult,
     Capabilities,
+    LayerTime,
     TensorSpec,
     Timing,
     runtime_module,
@@ -24,8 +29,59 @@ _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor
                "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
 
 
+# Where a provider runs its nodes, as `profile --layers` shows it.
+_PROVIDER_DEVICE = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "GPU", "TensorrtExecutionProvider": "GPU",
+                    "ROCMExecutionProvider": "GPU", "MIGraphXExecutionProvider": "GPU", "DmlExecutionProvider": "GPU",
+                    "OpenVINOExecutionProvider": "OpenVINO", "CoreMLExecutionProvider": "CoreML"}
+_KERNEL_SUFFIX = "_kernel_time"  # ONNX Runtime's trace names a node's kernel event "<node>_kernel_time"
+_PROFILE_WARMUP = 2  # profiled runs left out of the layer times (first-run allocations, caches)
+
+
 def _ort() -> Any:
     return runtime_module("onnxruntime", "onnxruntime", "onnxruntime")
+
+
+def _session_options(ort: Any, session_options: Optional[Dict[str, Any]], pipelined: bool) -> Any:
+    so = ort.SessionOptions()
+    if pipelined:
+        # In a pipeline other stages need the cores between runs: idle intra-op threads must sleep,
+        # not spin (measured on 2 cores: run-stream 182 -> 210 FPS; a single-threaded loop is unchanged).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key, value in (session_options or {}).items():
+        if key == "graph_optimization_level":
+            value = getattr(ort.GraphOptimizationLevel, value)
+        setattr(so, key, value)
+    return so
+
+
+def layer_times_from_trace(events: Sequence[Dict[str, Any]], skip_runs: int) -> Tuple[List[LayerTime], int]:
+    """Per-node mean milliseconds per run from an ONNX Runtime profiling trace (Chrome trace events), leaving
+    out the node events of the first `skip_runs` runs; returns (slowest first, runs counted)."""
+    runs = sorted((int(e["ts"]), int(e["ts"]) + int(e.get("dur", 0))) for e in events
+                  if e.get("cat") == "Session" and e.get("name") == "model_run")
+    counted = runs[skip_runs:]
+    if not counted:
+        return [], 0
+    start = counted[0][0]
+    total: Dict[str, float] = {}
+    kind: Dict[str, str] = {}
+    device: Dict[str, str] = {}
+    indices: Dict[str, str] = {}
+    for e in events:
+        name = str(e.get("name", ""))
+        if e.get("cat") != "Node" or not name.endswith(_KERNEL_SUFFIX) or int(e.get("ts", 0)) < start:
+            continue
+        node = name[:-len(_KERNEL_SUFFIX)]
+        args = e.get("args") or {}
+        index = str(args.get("node_index", ""))
+        if indices.setdefault(node, index) != index:  # two nodes of one name (unusual): keep them apart
+            node = f"{node}#{index}"
+        total[node] = total.get(node, 0.0) + float(e.get("dur", 0)) / 1000.0  # trace durations are microseconds
+        kind.setdefault(node, str(args.get("op_name", "")))
+        provider = str(args.get("provider", ""))
+        device.setdefault(node, _PROVIDER_DEVICE.get(provider, provider.replace("ExecutionProvider", "") or "?"))
+    layers = [LayerTime(n, kind[n], device[n], ms / len(counted)) for n, ms in total.items()]
+    return sorted(layers, key=lambda t: -t.ms), len(counted)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -71,15 +127,9 @@ class OnnxRuntimeBackend(Backend):
                 f"{path}: built for ONNX Runtime provider(s) {', '.join(missing)}, not installed here "
                 f"(available: {', '.join(ort.get_available_providers())})"
             )
-        so = ort.SessionOptions()
-        if pipelined:
-            # In a pipeline other stages need the cores between runs: idle intra-op threads must sleep,
-            # not spin (measured on 2 cores: run-stream 182 -> 210 FPS; a single-threaded loop is unchanged).
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        for key, value in (session_options or {}).items():
-            if key == "graph_optimization_level":
-                value = getattr(ort.GraphOptimizationLevel, value)
-            setattr(so, key, value)
+        self._path, self._providers = Path(path), providers
+        self._session_options, self._pipelined = dict(session_options or {}), pipelined
+        so = _session_options(ort, session_options, pipelined)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
@@ -98,3 +148,29 @@ class OnnxRuntimeBackend(Backend):
         outs = self.session.run(self._names, feeds)
         self._timing = Timing(host_ms=(time.perf_counter_ns() - t0) / 1e6)
         return dict(zip(self._names, outs))
+
+    def layer_times(self, inputs: Sequence[np.ndarray], iterations: int) -> List[LayerTime]:
+        """ONNX Runtime's own profiler: a second session on the same file, providers and options with
+        profiling on, run `iterations` times after a short warm-up; node times by node name of the optimized
+        graph (fused nodes carry the name ONNX Runtime gave them), mean milliseconds per run."""
+        ort = _ort()
+        so = _session_options(ort, self._session_options, self._pipelined)
+        so.enable_profiling = True
+        folder = tempfile.mkdtemp(prefix="edgekit-ort-profile-")
+        try:
+            so.profile_file_prefix = os.path.join(folder, "trace")
+            session = ort.InferenceSession(str(self._path), sess_options=so, providers=self._providers)
+            feeds = {s.name: x for s, x in zip(self._inputs, inputs)}
+            for _ in range(_PROFILE_WARMUP + max(1, iterations)):
+                session.run(self._names, feeds)
+            trace = session.end_profiling()
+            with open(trace, encoding="utf-8") as f:
+                events = json.load(f)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(events, dict):  # the object form of the Chrome trace format
+            events = events.get("traceEvents", [])
+        layers, _ = layer_times_from_trace(events, _PROFILE_WARMUP)
+        if not layers:
+            raise EdgekitError(f"{self._path}: ONNX Runtime's profiler recorded no node times")
+        return layers

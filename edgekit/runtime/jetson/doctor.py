@@ -9,7 +9,7 @@ import re
 import shutil
 import sys
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 from edgekit import __version__
 from edgekit.runtime import backends
@@ -108,12 +108,40 @@ def checks() -> List[Check]:
         fix = "" if ok else backends.backend_class(name).how_to_install(jetpack_major)
         out.append(Check("backends", name, ok, why, fix))
 
-    bindings = {"cuda-python": _version("cuda-python") or _version("cuda-bindings"), "pycuda": _version("pycuda")}
-    have = {k: v for k, v in bindings.items() if v}
-    out.append(Check("cuda", "CUDA bindings", bool(have), ", ".join(f"{k} {v}" for k, v in have.items()) or "none",
-                     "" if have else "pip install cuda-python (or pycuda) for the tensorrt backend's device memory"))
+    out += cuda_binding_checks((release.major, release.minor) if jetson else None)
     out.append(_gpu_check())
     out.append(_dla_check(jetson))
+    return out
+
+
+def cuda_binding_checks(l4t: Optional[Tuple[int, int]], bindings: Optional[Sequence[Type[Any]]] = None,
+                        versions: Optional[Dict[str, Optional[str]]] = None) -> List[Check]:
+    """One line per CUDA binding the tensorrt backend can use (cuda-python, pycuda): its version and whether it
+    works here, tried with a 1 KB copy to the device and back; where none works, what to install on this JetPack
+    (`l4t`: (major, minor) of the L4T release, None off a Jetson). `bindings`/`versions`: for tests."""
+    from edgekit.runtime.backends import cuda_mem
+
+    tried = []
+    for cls in bindings if bindings is not None else cuda_mem.BINDINGS:
+        version = versions.get(cls.name) if versions is not None else cuda_mem.binding_version(cls.name)
+        if version is None:
+            tried.append((cls.name, None, None))
+            continue
+        result = _probe(lambda cls=cls: cuda_mem.self_test(cls()))
+        tried.append((cls.name, version, result))
+    working = [name for name, _, result in tried if isinstance(result, str)]
+    advice = cuda_mem.install_advice(l4t)
+    out = []
+    for name, version, result in tried:
+        problem = cuda_mem.known_problem(name, version, l4t)
+        instead = f"; {working[0]} is used" if working and name not in working else ""
+        if version is None:
+            out.append(Check("cuda", name, False, f"not installed{instead}", "" if working else advice))
+        elif isinstance(result, str):
+            out.append(Check("cuda", name, True, f"{version}: works ({result})"))
+        else:
+            out.append(Check("cuda", name, False, f"{version}: installed, but fails here: {result}"
+                             + (f" ({problem})" if problem else "") + instead, advice))
     return out
 
 

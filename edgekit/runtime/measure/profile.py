@@ -1,6 +1,7 @@
 """`edgekit profile`: engine-only latency the way trtexec measures it (warm-up, then at least a number of
 iterations and a duration), host latency and, on a GPU, H2D / compute / D2H from CUDA events, with
-percentiles, mean, CV and throughput; power and energy per image from tegrastats on a Jetson.
+percentiles, mean, CV and throughput; power and energy per image from tegrastats on a Jetson; with `layers`,
+the slowest layers from the backend's own profiler.
 Runtime side: NumPy/OpenCV and the engine's own runtime (torch only for a checkpoint)."""
 
 import dataclasses
@@ -13,6 +14,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.runtime.backends import Backend
+from edgekit.runtime.backends.base import LayerTime
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.jetson import power
 from edgekit.runtime.manifest import BackendRecord, host_environment
@@ -36,6 +38,8 @@ class ProfileOptions:
     percentiles: Tuple[float, ...] = (90.0, 95.0, 99.0)
     power: bool = True  # sample tegrastats where present
     rounds: int = 1  # several variants: measured in this many interleaved rounds (A B A B ...)
+    layers: bool = False  # also time each layer with the backend's profiler (after the measurement)
+    top_layers: int = 15  # how many of the slowest layers the report lists
 
 
 WARMUP_ITERS = 10
@@ -151,8 +155,32 @@ def result(s: Subject, opts: ProfileOptions) -> Dict[str, Any]:
     return r
 
 
+def times_layers(backend: Backend) -> bool:
+    """Whether the backend has per-layer timing (it overrides Backend.layer_times)."""
+    return type(backend).layer_times is not Backend.layer_times
+
+
+def layer_report(subject: Subject, iterations: int, top: int, latency_ms: float) -> Dict[str, Any]:
+    """The slowest `top` layers over `iterations` profiled runs, with each one's share of all layers' time and
+    how all layers' time compares with the measured per-inference latency (profilers add some overhead)."""
+    times: List[LayerTime] = subject.backend.layer_times(subject.inputs, iterations)
+    total = sum(t.ms for t in times)
+    return {
+        "source": f"{subject.backend.label or subject.backend.name} profiler",
+        "iterations": iterations,
+        "count": len(times),
+        "total_ms": total,
+        "latency_ms": latency_ms,
+        "top": [{"name": t.name, "kind": t.kind, "device": t.device, "ms": t.ms,
+                 "share": t.ms / total if total > 0 else 0.0} for t in times[:max(0, top)]],
+    }
+
+
 def profile(subject: Subject, opts: ProfileOptions) -> Dict[str, Any]:
     """Profile one open backend; the caller closes it."""
+    if opts.layers and not times_layers(subject.backend):
+        raise EdgekitError(f"{subject.artifact or subject.label}: --layers needs per-layer timing, which the "
+                           f"{subject.backend.label or subject.backend.name} backend does not offer")
     prepare(subject, opts.batch)
     _warm_up(subject, opts.warmup_s)
     sampler = power.start_sampler(opts.power)
@@ -166,7 +194,29 @@ def profile(subject: Subject, opts: ProfileOptions) -> Dict[str, Any]:
         r["warnings"].append("throttling during the run: " + "; ".join(used["throttling"]))
     r["jetson"] = power.jetson_state()
     r["environment"] = host_environment().to_dict()
+    if opts.layers:  # after the measurement, which the profiler's overhead must not disturb
+        per_inference = (r["device_ms"] or r["host_ms"])["mean"]
+        r["layers"] = layer_report(subject, max(WARMUP_ITERS, opts.iterations), opts.top_layers, per_inference)
     return r
+
+
+def layers_markdown(lay: Dict[str, Any]) -> List[str]:
+    shown = len(lay["top"])
+    ratio = lay["total_ms"] / lay["latency_ms"] if lay["latency_ms"] > 0 else 0.0
+    lines = [
+        "",
+        f"## Slowest layers ({shown} of {lay['count']}; {lay['source']}, mean of {lay['iterations']} runs)",
+        "",
+        f"All layers: {lay['total_ms']:.3f} ms per inference, {100 * ratio:.0f}% of the measured mean latency "
+        f"({lay['latency_ms']:.3f} ms; the profiler adds overhead, and a latency includes more than layers).",
+        "",
+        "| layer | kind | device | ms | share |",
+        "|---|---|---|---:|---:|",
+    ]
+    for t in lay["top"]:
+        name = str(t["name"]).replace("|", "\\|")
+        lines.append(f"| {name} | {t['kind'] or '-'} | {t['device']} | {t['ms']:.3f} | {100 * t['share']:.1f}% |")
+    return lines
 
 
 def markdown(r: Dict[str, Any]) -> str:
@@ -192,6 +242,8 @@ def markdown(r: Dict[str, Any]) -> str:
     lines += power.markdown_lines(r.get("power"), r.get("jetson"))
     for w in r["warnings"]:
         lines.append(f"- WARNING: {w}")
+    if r.get("layers"):
+        lines += layers_markdown(r["layers"])
     return "\n".join(lines) + "\n"
 
 
