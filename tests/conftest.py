@@ -31,6 +31,18 @@ def shipped_int8_engines(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
+def det_engine(tmp_path_factory) -> Path:
+    """The shipped detector as an FP32 ONNX Runtime engine (static batch 1), built as users build it."""
+    from edgekit.build.demo import SHIPPED
+    from edgekit.build.engine_build import BuildOptions, build_engine
+    from edgekit.build.export import export
+
+    folder = tmp_path_factory.mktemp("det-fp32")
+    export(SHIPPED["detection"], folder / "det.onnx")
+    return build_engine(folder / "det.onnx", folder / "det.fp32.onnx", BuildOptions(backend="onnxruntime")).engine
+
+
+@pytest.fixture(scope="session")
 def tiny_synth(tmp_path_factory) -> Path:
     """A small synthetic dataset (all label formats, one short video), generated once per session."""
     out = tmp_path_factory.mktemp("data") / "synth"

@@ -9,18 +9,8 @@ import pytest
 from conftest import ROOT, assert_one_line_error, run_cli
 
 from edgekit.build.demo import SHIPPED
-from edgekit.build.engine_build import BuildOptions, build_engine
-from edgekit.build.export import export
 
 QUICK = ["--warmup", "0.5", "--duration", "1"]
-
-
-@pytest.fixture(scope="module")
-def det_engine(tmp_path_factory):
-    """The shipped detector as an FP32 ONNX Runtime engine, built as users build it."""
-    folder = tmp_path_factory.mktemp("layers")
-    export(SHIPPED["detection"], folder / "det.onnx")
-    return build_engine(folder / "det.onnx", folder / "det.fp32.onnx", BuildOptions(backend="onnxruntime")).engine
 
 
 def _profile_layers(engine, out, tmp):

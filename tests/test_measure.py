@@ -10,20 +10,11 @@ import pytest
 from conftest import ASSERT_NO_BUILD_SIDE, assert_one_line_error, run_cli
 
 from edgekit.build.demo import SHIPPED
-from edgekit.build.engine_build import BuildOptions, build_engine
 from edgekit.build.export import export
 from edgekit.runtime.measure.profile import ProfileOptions, Subject, result
 from edgekit.runtime.opening import open_model
 
 QUICK = ["--warmup", "0", "--duration", "0"]
-
-
-@pytest.fixture(scope="module")
-def det_engine(tmp_path_factory):
-    """The shipped detector as an FP32 ONNX Runtime engine (static batch 1)."""
-    folder = tmp_path_factory.mktemp("measure")
-    export(SHIPPED["detection"], folder / "det.onnx")
-    return build_engine(folder / "det.onnx", folder / "det.fp32.onnx", BuildOptions(backend="onnxruntime")).engine
 
 
 def test_profile_engine_reports_latency_distribution_and_throughput(det_engine, tmp_path):
