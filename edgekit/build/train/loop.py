@@ -343,7 +343,8 @@ def _check_teacher(teacher: torch.nn.Module, model: torch.nn.Module, card: Model
 def schedule_record(cfg: TrainConfig) -> Dict[str, Any]:
     """The schedule this training ran, kept in the card: fine-tuning the model later starts from it."""
     return {"optimizer": cfg.optimizer, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "epochs": cfg.epochs,
-            "batch_size": cfg.batch_size, **({"distilled_from": cfg.distill} if cfg.distill else {})}
+            "batch_size": cfg.batch_size,
+            **({"distilled_from": cfg.distill, "distill_weight": cfg.distill_weight} if cfg.distill else {})}
 
 
 def recorded_schedule(card: ModelCard) -> Dict[str, Any]:
