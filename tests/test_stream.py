@@ -15,6 +15,7 @@ import cv2
 import pytest
 from conftest import ASSERT_NO_BUILD_SIDE, ROOT, assert_one_line_error, run_cli
 
+from edgekit.errors import EdgekitError
 from edgekit.runtime.stream import decoders
 from edgekit.runtime.stream.runner import StreamOptions, run_stream
 from edgekit.runtime.stream.sources import open_source
@@ -207,6 +208,27 @@ def test_rtsp_url_that_refuses_connection(engines, tmp_path):
     assert_one_line_error(r, "RTSP stream refused or unreachable")
 
 
+@pytest.mark.parametrize("size", ["0", "-3"])
+def test_queue_size_below_one_is_a_usage_error(engines, tmp_path, size):
+    """An unbounded queue (Queue(0)) let a live source's frames pile up in memory: refused before anything runs."""
+    r = run_cli("run-stream", str(engines["detection"]), "synthetic://", "--queue-size", size,
+                "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "--queue-size: must be at least 1" in r.stderr
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(EdgekitError, match="at least 1 frame"):
+        run_stream(engines["detection"], "synthetic://", StreamOptions(out=str(tmp_path / "api"), queue_size=0))
+    assert not (tmp_path / "api").exists()
+
+
+def test_rtsp_credentials_never_show(engines, tmp_path):
+    """A password in the URL (rtsp://user:password@host) appears in no message, report or output file."""
+    r = run_cli("run-stream", str(engines["detection"]), f"rtsp://alice:S3cretPW@127.0.0.1:{free_port()}/live?token=T0k3n",
+                "--out", str(tmp_path / "o"), "-q", "--timeout", "2", "--debug")
+    assert r.returncode == 1
+    assert "rtsp://***@127.0.0.1" in r.stderr and "token=***" in r.stderr
+    assert "S3cretPW" not in r.stdout + r.stderr and "T0k3n" not in r.stdout + r.stderr
+
+
 def _rtsp_server_available() -> bool:
     r = subprocess.run(["/usr/bin/python3", "-c", "import gi; gi.require_version('GstRtspServer', '1.0'); "
                         "from gi.repository import GstRtspServer"], capture_output=True)
@@ -340,3 +362,19 @@ def test_video_file_reports_its_decoder(tiny_synth):
 def test_bad_csi_camera_uri(engines, tmp_path, uri, message):
     r = run_cli("run-stream", str(engines["detection"]), uri, "--out", str(tmp_path / "o"), "-q")
     assert_one_line_error(r, message)
+
+
+@needs_rtsp_server
+def test_rtsp_credentials_are_redacted_in_every_output(engines, tmp_path):
+    server = RtspServer(free_port())
+    server.start()
+    try:
+        r = run_cli("run-stream", str(engines["detection"]), f"rtsp://alice:S3cretPW@127.0.0.1:{server.port}/live",
+                    "--out", str(tmp_path / "o"), "--max-frames", "5", "--timeout", "5")
+    finally:
+        server.stop()
+    assert r.returncode == 0, r.stderr
+    assert f"rtsp://***@127.0.0.1:{server.port}/live" in r.stdout
+    assert "S3cretPW" not in r.stdout + r.stderr
+    written = [f for f in (tmp_path / "o").rglob("*") if f.is_file()]
+    assert written and not [f.name for f in written if b"S3cretPW" in f.read_bytes()]

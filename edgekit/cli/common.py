@@ -18,6 +18,17 @@ def size(text: str) -> Tuple[int, int]:
     return parts[0], parts[1]
 
 
+def positive_int(text: str) -> int:
+    """An integer of at least 1 (queue sizes, counts): anything else is a usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def percentiles(text: str) -> Tuple[float, ...]:
     """'90,95,99' -> (90.0, 95.0, 99.0)."""
     try:

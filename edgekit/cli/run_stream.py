@@ -3,7 +3,7 @@
 import argparse
 from typing import List
 
-from edgekit.cli.common import add_out, add_task_filter
+from edgekit.cli.common import add_out, add_task_filter, positive_int
 
 
 def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -28,7 +28,8 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     rs.add_argument("--no-video", action="store_true", help="do not write annotated.mp4")
     rs.add_argument("--no-jsonl", action="store_true", help="do not write results.jsonl")
     rs.add_argument("--show", action="store_true", help="show a window (needs a display)")
-    rs.add_argument("--queue-size", type=int, default=4, help="frames each queue holds (default 4)")
+    rs.add_argument("--queue-size", type=positive_int, default=4,
+                    help="frames each queue holds, at least 1 (default 4): what bounds memory on a live source")
     rs.add_argument("--timeout", type=float, default=5.0,
                     help="seconds without frames before a reconnect (FFmpeg path; on the GStreamer path OpenCV's "
                          "30 s read timeout applies)")

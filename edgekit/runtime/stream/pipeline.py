@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
+from edgekit.errors import EdgekitError
 from edgekit.runtime.api import Model
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.stream.sources import Source
@@ -54,6 +55,8 @@ class Pipeline:
         self.max_frames, self.duration_s = max_frames, duration_s
         self.on_frame = on_frame
         self.live = source.info.live
+        if queue_size < 1:  # Queue(0) is unbounded
+            raise EdgekitError(f"queue_size {queue_size}: each queue holds at least 1 frame")
         self.queues = [queue.Queue(maxsize=queue_size) for _ in STAGES[1:]]
         self.counters = Counters()
         self.done: List[Frame] = []

@@ -92,6 +92,8 @@ class Progress:
 
 def run_stream(engine: "str | Path", source_uri: str, opts: StreamOptions) -> Dict[str, Any]:
     engine = Path(engine)
+    if opts.queue_size < 1:  # 0 would make every queue unbounded: memory grows without limit on a live source
+        raise EdgekitError(f"queue_size {opts.queue_size}: each queue holds at least 1 frame")
     out = ensure_writable_dir(opts.out)
     opened = open_model(engine, pipelined=True, task=opts.task)
     model = Model(opened, opts.score_threshold, opts.iou_threshold)

@@ -7,11 +7,12 @@ pipeline takes them, and no frame is ever dropped.
 """
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlparse, urlsplit, urlunsplit
 
 import cv2
 import numpy as np
@@ -47,6 +48,28 @@ class SourceInfo:
     height: int = 0
     notes: List[str] = field(default_factory=list)
     decoder: str = ""  # which path decodes it: ffmpeg, gstreamer+nvv4l2decoder/h264, ... (notes say why)
+
+
+_SECRET_KEYS = ("token", "key", "password", "passwd", "pass", "pwd", "secret", "auth", "sig", "signature",
+                "credential")
+
+
+def redact_uri(uri: str) -> str:
+    """A stream URI as it may be printed or written: the userinfo (user:password@) and the values of query
+    parameters that look like secrets (token=, key=, password=, ...) replaced by ***."""
+    parts = urlsplit(uri)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(
+        f"{k}=***" if any(s in k.lower() for s in _SECRET_KEYS) else (f"{k}={v}" if sep else k)
+        for k, sep, v in (item.partition("=") for item in parts.query.split("&") if item))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def scrub(text: str, uri: str) -> str:
+    """`text` (a note, a pipeline) with `uri` and any other URI userinfo (a pipeline's location=) redacted."""
+    return re.sub(r"(\w+://)[^/@\s\"']+@", r"\1***@", text.replace(uri, redact_uri(uri)))
 
 
 def _synth_truth_names() -> Dict[str, List[str]]:
@@ -235,6 +258,7 @@ class CaptureSource(Source):
     def __init__(self, uri: str, kind: str, openers: List[dec.Opener], live: bool = True, reconnect: int = 0,
                  notes: Optional[List[str]] = None) -> None:
         self.uri, self.kind, self.reconnect = uri, kind, reconnect
+        self.shown = redact_uri(uri)  # what messages, notes and reports say: no credentials
         self.opener = openers[0]
         notes = list(notes or [])
         cap = None
@@ -247,17 +271,19 @@ class CaptureSource(Source):
                                  f"{opener.decoder}")
                 break
         if cap is None:
-            raise EdgekitError(f"{uri}: cannot open ({self._FAILURES[kind]})")
+            raise EdgekitError(f"{self.shown}: cannot open ({self._FAILURES[kind]})")
         if self.opener.backend == cv2.CAP_GSTREAMER:
             notes.append(f"GStreamer pipeline: {self.opener.target}")
+        notes = [scrub(n, uri) for n in notes]
         w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        self.info = SourceInfo(uri, kind, live, cap.get(cv2.CAP_PROP_FPS) or 0.0, w, h, notes, self.opener.decoder)
+        self.info = SourceInfo(self.shown, kind, live, cap.get(cv2.CAP_PROP_FPS) or 0.0, w, h, notes,
+                               self.opener.decoder)
         self.cap: Any = cap
 
     def _open(self) -> Any:
         cap = self.opener.open()
         if cap is None:
-            raise EdgekitError(f"{self.uri}: cannot open ({self._FAILURES[self.kind]})")
+            raise EdgekitError(f"{self.shown}: cannot open ({self._FAILURES[self.kind]})")
         return cap
 
     def frames(self) -> Iterator[Captured]:
@@ -299,7 +325,7 @@ def _rtsp_source(uri: str, requested: str, timeout_s: float, reconnect: int, tra
         notes.append(f"FFmpeg: {vio.describe_ffmpeg()}, options {ffmpeg.ffmpeg_options}")
     src = CaptureSource(uri, "rtsp", openers, reconnect=reconnect, notes=notes)
     if src.opener.backend == cv2.CAP_GSTREAMER:
-        src.info.notes.append(dec.gstreamer_stall_note(cv2.__version__, timeout_s))
+        src.info.notes.append(scrub(dec.gstreamer_stall_note(cv2.__version__, timeout_s), uri))
     return src
 
 
