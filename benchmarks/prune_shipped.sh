@@ -1,7 +1,7 @@
 #!/bin/sh
 # The pruning figures quoted in the README (about an hour on 2 cores): both shipped models pruned by 30%
-# and 50% of their channels (L2 importance, channels rounded to 8) and fine-tuned 20 epochs at the default
-# learning rate, plus 50% fine-tuned 40 epochs at the training learning rate (2e-3); then one sweep per
+# and 50% of their channels (L2 importance, channels rounded to 8) and fine-tuned 20 epochs at lr 1e-3 (the old
+# default), plus 50% fine-tuned 40 epochs at the training learning rate (2e-3); then one sweep per
 # model that profiles the unpruned and pruned checkpoints side by side (ONNX Runtime CPU, FP32 and INT8)
 # and evaluates each on the test split of `edgekit data synth build/synth`.
 #   sh benchmarks/prune_shipped.sh [DATA] [OUT]
@@ -14,7 +14,7 @@ for model in detector/edgenet-det-s segmenter/edgenet-seg-s; do
     for ratio in 30 50; do
         [ -f "$out/$name-p$ratio/best.safetensors" ] ||
             "$py" -m edgekit prune "models/$model.safetensors" --ratio "0.$ratio" --data "$data" \
-                --finetune-epochs 20 -q -o "$out/$name-p$ratio"
+                --finetune-epochs 20 --lr 1e-3 -q -o "$out/$name-p$ratio"
     done
     [ -f "$out/$name-p50-long/best.safetensors" ] ||
         "$py" -m edgekit prune "models/$model.safetensors" --ratio 0.5 --data "$data" \

@@ -55,14 +55,16 @@ def import_model(source: str, weights: Optional[str], out: str, card_fields: Map
         sources.load_state(model, state, weights or source)
     key = sources.output_key(model, fields["input_size"], arch)
     model = sources.adapt(model, key)
+    produced = _run(model, fields["input_size"])  # once: the outputs' count names them, their shapes fit a layout
+    names = [f"output{i}" for i in range(len(produced))] if len(produced) > 1 else []
     params = fields.pop("layout_params", None)
     name = fields.pop("name", None) or Path(weights or (source if state is not None else arch.split(":")[-1])).stem
     card = ModelCard(name=name, arch=arch, arch_args=dict(kwargs), output_layout=layout or "",
                      extra={**recorded, "source": {k: v for k, v in (("output", key), ("code_path", code_path),
-                                                                     ("outputs", _names(model, fields))) if v}},
+                                                                     ("outputs", names)) if v}},
                      layout_params=dict(params) if params and layout else {}, **fields)
     card = describe.resolve_layout(describe.Described(card, bool(layout), "import-model", params if not layout
-                                                      else None), _outputs(model, card), source)
+                                                      else None), _specs(produced, card), source)
     stem = Path(out) / card.name
     if Path(str(stem) + checkpoint.WEIGHTS_SUFFIX).exists():
         raise EdgekitError(f"{out}: holds a checkpoint named {card.name} already; choose another -o or --name")
@@ -77,13 +79,6 @@ def _run(model: torch.nn.Module, input_size: Any) -> Any:
         return sources.as_tuple(model.eval()(torch.zeros(1, 3, h, w)))
 
 
-def _names(model: torch.nn.Module, fields: Mapping[str, Any]) -> List[str]:
-    """Output names for a model of several outputs (its own, or output0, output1, ...); [] for one."""
-    n = len(_run(model, fields["input_size"]))
-    return [f"output{i}" for i in range(n)] if n > 1 else []
-
-
-def _outputs(model: torch.nn.Module, card: ModelCard) -> List[TensorSpec]:
+def _specs(produced: Any, card: ModelCard) -> List[TensorSpec]:
     return [TensorSpec(name, tuple(y.shape), str(y.dtype).replace("torch.", ""))
-            for name, y in zip(sources.output_names(card), _run(model, card.input_size))]
-
+            for name, y in zip(sources.output_names(card), produced)]
