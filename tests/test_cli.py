@@ -60,7 +60,7 @@ def test_version():
 
 def test_usage_error_exits_2():
     r = run_cli("train", "--epochs", "many")
-    assert r.returncode == 2 and "invalid int value" in r.stderr
+    assert r.returncode == 2 and "argument --epochs: expected a whole number of at least 1, got 'many'" in r.stderr
 
 
 def copy_dataset(src, dst):

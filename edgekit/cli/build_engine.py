@@ -3,7 +3,15 @@
 import argparse
 from typing import List
 
-from edgekit.cli.common import BACKEND_OR_AUTO, CALIB_METHODS, add_card_flags, add_out, card_overrides
+from edgekit.cli.common import (
+    BACKEND_OR_AUTO,
+    CALIB_METHODS,
+    add_card_flags,
+    add_out,
+    card_overrides,
+    count,
+    positive_int,
+)
 
 
 def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -22,13 +30,14 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     be.add_argument("--calib", help="calibration images: a folder or a video (INT8)")
     be.add_argument("--calib-method", default="minmax", choices=CALIB_METHODS, metavar="METHOD",
                     help="INT8 calibration: %(choices)s (default minmax)")
-    be.add_argument("--calib-size", type=int, default=200, help="calibration images to use (default 200)")
+    be.add_argument("--calib-size", type=positive_int, default=200, help="calibration images to use (default 200)")
     be.add_argument("--keep-fp32", action="append", metavar="NODE_OR_OP", help="keep a node or op type out of INT8")
-    be.add_argument("--dla-core", type=int, help="build for this DLA core (TensorRT on Jetson), GPU fallback on")
-    be.add_argument("--workspace", type=int, default=1024, metavar="MB", help="TensorRT workspace (default 1024)")
+    be.add_argument("--dla-core", type=count, help="build for this DLA core (TensorRT on Jetson), GPU fallback on")
+    be.add_argument("--workspace", type=positive_int, default=1024, metavar="MB",
+                    help="TensorRT workspace (default 1024)")
     be.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to read and update")
     be.add_argument("--sparsity", action="store_true", help="let TensorRT use 2:4 sparse weights")
-    be.add_argument("--max-batch", type=int, default=1,
+    be.add_argument("--max-batch", type=positive_int, default=1,
                     help="largest batch (needs an ONNX with a dynamic batch axis: edgekit export --dynamic-batch N)")
     be.add_argument("--if-stale", action="store_true", help="rebuild only when an input or the environment changed")
     add_card_flags(be)

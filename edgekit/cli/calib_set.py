@@ -3,7 +3,7 @@
 import argparse
 from typing import List
 
-from edgekit.cli.common import add_out
+from edgekit.cli.common import add_out, positive_int
 
 
 def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -14,7 +14,7 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
                     "largest scene changes, written as JPEG files to a folder.",
     )
     cs.add_argument("video")
-    cs.add_argument("-n", type=int, default=500, help="frames to pick (default 500)")
+    cs.add_argument("-n", type=positive_int, default=500, help="frames to pick (default 500)")
     add_out(cs, what="folder to write (must not exist unless --overwrite)")
     cs.add_argument("--overwrite", action="store_true")
     cs.set_defaults(func=run)

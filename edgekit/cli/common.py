@@ -18,15 +18,37 @@ def size(text: str) -> Tuple[int, int]:
     return parts[0], parts[1]
 
 
-def positive_int(text: str) -> int:
-    """An integer of at least 1 (queue sizes, counts): anything else is a usage error."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _ranged(kind: type, lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False,
+            what: str = "") -> Callable[[str], Any]:
+    """An argparse type: a finite `kind` (int or float) within [lo, hi] ((lo, hi] with lo_open); anything else,
+    nan and inf included, is a usage error (exit 2) before any work starts."""
+    noun = "a whole number" if kind is int else "a number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}{what}, got '{text}'") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"expected a finite number{what}, got '{text}'")
+        low_bad = lo is not None and (value <= lo if lo_open else value < lo)
+        if low_bad or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"expected {noun}{what}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
+# The ranges numeric flags take (issue: `--score-threshold 2`, `--max-frames -1` ran with wrong results).
+positive_int = _ranged(int, 1, what=" of at least 1")  # queue sizes, counts, batch sizes
+count = _ranged(int, 0, what=" of 0 or more")  # limits where 0 means none, seeds, epochs
+positive_float = _ranged(float, 0, lo_open=True, what=" above 0")  # timeouts, learning rates
+seconds = _ranged(float, 0, what=" of seconds, 0 or more")  # durations where 0 means none
+non_negative = _ranged(float, 0, what=" of 0 or more")  # tolerances, weights
+fraction = _ranged(float, 0, 1, what=" between 0 and 1")  # thresholds
+open_fraction = _ranged(float, 0, 1, lo_open=True, what=" above 0 and at most 1")  # shares to remove
+byte_value = _ranged(int, 0, 255, what=" between 0 and 255")  # pixel values
 
 
 def percentiles(text: str) -> Tuple[float, ...]:
@@ -135,13 +157,13 @@ def add_card_flags(p: argparse.ArgumentParser) -> None:
     card.add_argument("--task", choices=TASKS, metavar="TASK", help="%(choices)s")
     card.add_argument("--classes", help="comma-separated class names")
     card.add_argument("--input-size", type=size, help="WxH of the network input (fixes a dynamic input)")
-    card.add_argument("--mean", type=float, nargs=3, help="per-channel mean on 0..1 pixels (default 0 0 0)")
-    card.add_argument("--std", type=float, nargs=3, help="per-channel std on 0..1 pixels (default 1 1 1)")
+    card.add_argument("--mean", type=fraction, nargs=3, help="per-channel mean on 0..1 pixels (default 0 0 0)")
+    card.add_argument("--std", type=open_fraction, nargs=3, help="per-channel std on 0..1 pixels (default 1 1 1)")
     card.add_argument("--channel-order", choices=("rgb", "bgr"), help="what the network takes (default rgb)")
     card.add_argument("--resize", choices=("letterbox", "stretch"), help="default letterbox")
     card.add_argument("--pad", choices=("center", "corner"), help="where letterbox puts the image (default center; "
                                                                    "corner: top-left, as YOLOX)")
-    card.add_argument("--pad-value", type=int, help="letterbox padding, 0..255 (default 114)")
+    card.add_argument("--pad-value", type=byte_value, help="letterbox padding, 0..255 (default 114)")
     card.add_argument("--layout", choices=LAYOUTS, metavar="LAYOUT",
                       help="the output layout, when it should not be recognised (see edgekit layouts)")
     card.add_argument("--layout-param", type=layout_param, action="append", metavar="KEY=VALUE",

@@ -3,7 +3,7 @@
 import argparse
 from typing import List
 
-from edgekit.cli.common import size
+from edgekit.cli.common import count, positive_float, positive_int, size
 
 
 def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -17,15 +17,15 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
                     "per-frame ground truth.",
     )
     synth.add_argument("out", help="output folder (created; must not exist unless --overwrite)")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--train", type=int, default=1200, help="training images (default 1200)")
-    synth.add_argument("--val", type=int, default=200, help="validation images (default 200)")
-    synth.add_argument("--test", type=int, default=200, help="test images (default 200)")
+    synth.add_argument("--seed", type=count, default=0)
+    synth.add_argument("--train", type=count, default=1200, help="training images (default 1200)")
+    synth.add_argument("--val", type=count, default=200, help="validation images (default 200)")
+    synth.add_argument("--test", type=count, default=200, help="test images (default 200)")
     synth.add_argument("--size", type=size, default=(320, 240), help="image size WxH (default 320x240)")
-    synth.add_argument("--videos", type=int, default=1, help="number of videos (default 1)")
-    synth.add_argument("--video-frames", type=int, default=150)
+    synth.add_argument("--videos", type=count, default=1, help="number of videos (default 1)")
+    synth.add_argument("--video-frames", type=positive_int, default=150)
     synth.add_argument("--video-size", type=size, default=(640, 480))
-    synth.add_argument("--fps", type=float, default=15.0)
+    synth.add_argument("--fps", type=positive_float, default=15.0)
     synth.add_argument("--jpeg-quality", type=int, default=92, choices=range(10, 101), metavar="10..100")
     synth.add_argument("--overwrite", action="store_true")
     synth.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -3,7 +3,7 @@
 import argparse
 from typing import List
 
-from edgekit.cli.common import add_out, add_task_filter
+from edgekit.cli.common import add_out, add_task_filter, count
 
 
 def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -17,7 +17,7 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     ev.add_argument("dataset", help="dataset folder (COCO / YOLO labels, or masks; see edgekit data synth)")
     ev.add_argument("--split", default="test", help="split to evaluate (default test)")
     ev.add_argument("--format", default="auto", choices=("auto", "coco", "yolo"), help="detection label format")
-    ev.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
+    ev.add_argument("--limit", type=count, default=0, help="evaluate the first N images only")
     ev.add_argument("--device", default="auto", help="checkpoints only: cpu, cuda or auto")
     add_task_filter(ev)
     add_out(ev, "runs/eval", "report folder")

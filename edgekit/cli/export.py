@@ -3,7 +3,7 @@
 import argparse
 from typing import List
 
-from edgekit.cli.common import add_out
+from edgekit.cli.common import add_out, count, non_negative, positive_int
 
 
 def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -15,12 +15,12 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     )
     ex.add_argument("checkpoint", help="NAME.safetensors (with NAME.card.yaml beside it) or its folder")
     add_out(ex, what="the .onnx file to write")
-    ex.add_argument("--opset", type=int, default=17)
-    ex.add_argument("--dynamic-batch", type=int, default=0, metavar="MAX", help="dynamic batch axis up to MAX")
+    ex.add_argument("--opset", type=positive_int, default=17)
+    ex.add_argument("--dynamic-batch", type=count, default=0, metavar="MAX", help="dynamic batch axis up to MAX")
     ex.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     ex.add_argument("--parity-images", help="folder of real images for the parity check (default: synthetic scenes)")
-    ex.add_argument("--atol", type=float, default=1e-3, help="parity tolerance, absolute (default 1e-3)")
-    ex.add_argument("--rtol", type=float, default=1e-3, help="parity tolerance, relative (default 1e-3)")
+    ex.add_argument("--atol", type=non_negative, default=1e-3, help="parity tolerance, absolute (default 1e-3)")
+    ex.add_argument("--rtol", type=non_negative, default=1e-3, help="parity tolerance, relative (default 1e-3)")
     ex.set_defaults(func=run)
     return ex
 

@@ -3,7 +3,7 @@
 import argparse
 from typing import List
 
-from edgekit.cli.common import add_out, add_task_filter, percentiles
+from edgekit.cli.common import add_out, add_task_filter, percentiles, positive_int, seconds
 
 
 def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -18,11 +18,12 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
                     "and lists the slowest. Writes profile.json and profile.md to --out.",
     )
     pr.add_argument("artifact", help="engine (with its manifest), edgekit ONNX, or checkpoint (.safetensors)")
-    pr.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
-    pr.add_argument("--warmup", type=float, default=1.0, metavar="SECONDS", help="warm-up time (default 1 s, "
+    pr.add_argument("--batch", type=positive_int, default=1, help="images per call (default 1)")
+    pr.add_argument("--warmup", type=seconds, default=1.0, metavar="SECONDS", help="warm-up time (default 1 s, "
                     "and at least 10 runs)")
-    pr.add_argument("--iterations", type=int, default=200, help="measure at least this many runs (default 200)")
-    pr.add_argument("--duration", type=float, default=10.0, metavar="SECONDS",
+    pr.add_argument("--iterations", type=positive_int, default=200,
+                    help="measure at least this many runs (default 200)")
+    pr.add_argument("--duration", type=seconds, default=10.0, metavar="SECONDS",
                     help="and for at least this long (default 10 s)")
     pr.add_argument("--percentiles", type=percentiles, default=(90.0, 95.0, 99.0),
                     help="latency percentiles besides the median (default 90,95,99)")

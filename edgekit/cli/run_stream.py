@@ -3,7 +3,7 @@
 import argparse
 from typing import List
 
-from edgekit.cli.common import add_out, add_task_filter, positive_int
+from edgekit.cli.common import add_out, add_task_filter, count, fraction, positive_float, positive_int, seconds
 
 
 def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -20,26 +20,26 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
                                    "to WxH in nvvidconv; all optional), rtsp://..., synthetic://")
     add_out(rs, "runs/stream")
     add_task_filter(rs)
-    rs.add_argument("--max-frames", type=int, default=0)
-    rs.add_argument("--duration", type=float, default=0.0, metavar="SECONDS")
+    rs.add_argument("--max-frames", type=count, default=0)
+    rs.add_argument("--duration", type=seconds, default=0.0, metavar="SECONDS")
     rs.add_argument("--loop", action="store_true", help="loop a video file or image folder")
-    rs.add_argument("--score-threshold", type=float, help="override the card's score threshold")
-    rs.add_argument("--iou-threshold", type=float, help="override the card's NMS IoU threshold")
+    rs.add_argument("--score-threshold", type=fraction, help="override the card's score threshold")
+    rs.add_argument("--iou-threshold", type=fraction, help="override the card's NMS IoU threshold")
     rs.add_argument("--no-video", action="store_true", help="do not write annotated.mp4")
     rs.add_argument("--no-jsonl", action="store_true", help="do not write results.jsonl")
     rs.add_argument("--show", action="store_true", help="show a window (needs a display)")
     rs.add_argument("--queue-size", type=positive_int, default=4,
                     help="frames each queue holds, at least 1 (default 4): what bounds memory on a live source")
-    rs.add_argument("--timeout", type=float, default=5.0,
+    rs.add_argument("--timeout", type=positive_float, default=5.0,
                     help="seconds without frames before a reconnect (FFmpeg path; on the GStreamer path OpenCV's "
                          "30 s read timeout applies)")
     rs.add_argument("--decoder", choices=("auto", "gstreamer", "ffmpeg"),
                     help="how RTSP streams and H.264/H.265 files are decoded: auto (default; on a Jetson, GStreamer "
                          "with the hardware decoder nvv4l2decoder, falling back to FFmpeg), gstreamer (hardware only, "
                          "an error where unavailable) or ffmpeg; default from $EDGEKIT_VIDEO_DECODER")
-    rs.add_argument("--reconnect", type=int, default=3, help="reconnect attempts for a network stream")
+    rs.add_argument("--reconnect", type=count, default=3, help="reconnect attempts for a network stream")
     rs.add_argument("--rtsp-transport", default="tcp", choices=("tcp", "udp"))
-    rs.add_argument("--rtsp-latency", type=int, default=200, metavar="MS", help="RTSP jitter buffer (default 200)")
+    rs.add_argument("--rtsp-latency", type=count, default=200, metavar="MS", help="RTSP jitter buffer (default 200)")
     rs.add_argument("--no-power", action="store_true", help="do not sample tegrastats on a Jetson")
     rs.add_argument("-q", "--quiet", action="store_true", help="no live progress line")
     rs.set_defaults(func=run)

@@ -3,7 +3,7 @@
 import argparse
 from typing import List
 
-from edgekit.cli.common import add_out, names
+from edgekit.cli.common import add_out, count, names, non_negative, positive_int, seconds
 
 
 def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -24,18 +24,18 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     sw.add_argument("--backends", type=names, help="tensorrt,onnxruntime (default: every one available here)")
     sw.add_argument("--dla", action="store_true", help="also build for each DLA core (TensorRT on a Jetson)")
     sw.add_argument("--calib", help="calibration images (default: the dataset's val images)")
-    sw.add_argument("--calib-size", type=int, default=200)
+    sw.add_argument("--calib-size", type=positive_int, default=200)
     sw.add_argument("--split", default="test", help="split to evaluate (default test)")
     sw.add_argument("--format", default="auto", choices=("auto", "coco", "yolo"))
-    sw.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
-    sw.add_argument("--accuracy-budget", type=float, metavar="POINTS",
+    sw.add_argument("--limit", type=count, default=0, help="evaluate the first N images only")
+    sw.add_argument("--accuracy-budget", type=non_negative, metavar="POINTS",
                     help="mark the fastest variant at most POINTS below the reference (mAP@0.5:0.95 or mIoU x 100)")
     sw.add_argument("--device", default="cpu", help="device of the PyTorch reference row: cpu, cuda or auto")
-    sw.add_argument("--warmup", type=float, default=1.0, metavar="SECONDS")
-    sw.add_argument("--iterations", type=int, default=200, help="at least this many timed runs per variant")
-    sw.add_argument("--duration", type=float, default=6.0, metavar="SECONDS", help="at least this long per variant")
-    sw.add_argument("--rounds", type=int, default=3, help="interleaved rounds (A B C A B C ...; default 3)")
-    sw.add_argument("--batch", type=int, default=1)
+    sw.add_argument("--warmup", type=seconds, default=1.0, metavar="SECONDS")
+    sw.add_argument("--iterations", type=positive_int, default=200, help="at least this many timed runs per variant")
+    sw.add_argument("--duration", type=seconds, default=6.0, metavar="SECONDS", help="at least this long per variant")
+    sw.add_argument("--rounds", type=positive_int, default=3, help="interleaved rounds (A B C A B C ...; default 3)")
+    sw.add_argument("--batch", type=positive_int, default=1)
     add_out(sw, "runs/sweep")
     sw.set_defaults(func=run)
     return sw

@@ -3,7 +3,7 @@
 import argparse
 from typing import List
 
-from edgekit.cli.common import TASKS, size
+from edgekit.cli.common import TASKS, count, non_negative, positive_float, positive_int, size
 
 
 def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -22,15 +22,16 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     tr.add_argument("--imgsz", type=size, help="network input WxH, multiples of 32 (default: the --init "
                                                "checkpoint's, else 256x256)")
     tr.add_argument("--resize", choices=("letterbox", "stretch"), help="resize mode recorded in the card")
-    tr.add_argument("--epochs", type=int, help="maximum epochs (default 30)")
-    tr.add_argument("--batch-size", type=int, default=16)
+    tr.add_argument("--epochs", type=positive_int, help="maximum epochs (default 30)")
+    tr.add_argument("--batch-size", type=positive_int, default=16)
     tr.add_argument("--optimizer", choices=("adamw", "sgd"),
                     help="default adamw, or what the --init model's card records of its training")
-    tr.add_argument("--lr", type=float, help="peak learning rate (cosine schedule); default 2e-3, or the rate the "
-                                             "--init model's card records of its training")
-    tr.add_argument("--weight-decay", type=float, help="default 5e-4, or the --init model's recorded one")
-    tr.add_argument("--patience", type=int, default=8, help="early stop after this many epochs without gain")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--lr", type=positive_float,
+                    help="peak learning rate (cosine schedule); default 2e-3, or the rate the --init model's card "
+                         "records of its training")
+    tr.add_argument("--weight-decay", type=non_negative, help="default 5e-4, or the --init model's recorded one")
+    tr.add_argument("--patience", type=positive_int, default=8, help="early stop after this many epochs without gain")
+    tr.add_argument("--seed", type=count, default=0)
     tr.add_argument("--init", help="checkpoint to start from (transfer learning)")
     tr.add_argument("--init-backbone", metavar="CKPT",
                     help="start the backbone from any edgekit checkpoint whose backbone fits (e.g. a detector's)")
@@ -38,13 +39,13 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     tr.add_argument("--distill", metavar="CKPT",
                     help="teacher checkpoint of the same task, classes and outputs (e.g. the model before pruning): "
                          "the model also learns its predictions")
-    tr.add_argument("--distill-weight", type=float, default=0.0,
+    tr.add_argument("--distill-weight", type=non_negative, default=0.0,
                     help="weight of the distillation loss (default: 1 for detection, 0.3 for segmentation)")
     tr.add_argument("--name", help="model name in the card (default: the run folder's name)")
     tr.add_argument("--device", default="auto", help="cpu, cuda or auto")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last epoch")
-    tr.add_argument("--max-train-images", type=int, default=0, help=argparse.SUPPRESS)
-    tr.add_argument("--max-val-images", type=int, default=0, help=argparse.SUPPRESS)
+    tr.add_argument("--max-train-images", type=count, default=0, help=argparse.SUPPRESS)
+    tr.add_argument("--max-val-images", type=count, default=0, help=argparse.SUPPRESS)
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     tr.set_defaults(func=run)
     return tr
