@@ -7,16 +7,21 @@ YAML file is read or written.
 
 import copy
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from edgekit.errors import EdgekitError, MissingDependency
-from edgekit.runtime import registry
+from edgekit.runtime import records, registry
+from edgekit.runtime.text import printable
 
 RESIZE_MODES = ("letterbox", "stretch")
 PAD_PLACEMENTS = ("center", "corner")  # letterbox: image centred, or at the top-left corner (YOLOX)
 CARD_KEY = "edgekit.card"  # the card as JSON in an ONNX file's metadata_props
+# The largest input side a card may give: above it a card is refused before anything is allocated (one
+# 100000x100000 input would be 120 GB as float32). Detection and segmentation models run well below it.
+MAX_INPUT_SIDE = 8192
 
 # key -> (required, subkeys or None). Subkeys are checked the same way (all required unless listed
 # in _OPTIONAL_SUBKEYS).
@@ -74,7 +79,7 @@ class ModelCard:
 
     def validate(self, source: str = "model card") -> None:
         def bad(msg: str) -> EdgekitError:
-            return EdgekitError(f"{source}: {msg}")
+            return EdgekitError(f"{source}: {printable(msg)}")  # values quoted from a planted card shown inert
 
         tasks = registry.task_names()
         if self.task not in tasks:
@@ -86,6 +91,8 @@ class ModelCard:
         h, w = self.input_size
         if h <= 0 or w <= 0:
             raise bad(f"input shape must be positive, got {h}x{w}")
+        if h > MAX_INPUT_SIDE or w > MAX_INPUT_SIDE:
+            raise bad(f"input shape {h}x{w} is larger than edgekit takes ({MAX_INPUT_SIDE} pixels a side at most)")
         if self.color not in ("RGB", "BGR"):
             raise bad(f"input.color must be RGB or BGR, not '{self.color}'")
         if self.resize_mode not in RESIZE_MODES:
@@ -94,8 +101,9 @@ class ModelCard:
             raise bad(f"resize.pad must be one of {', '.join(PAD_PLACEMENTS)}, not '{self.pad_placement}'")
         if not 0 <= self.pad_value <= 255:
             raise bad(f"resize.pad_value is a pixel value 0..255, not {self.pad_value}")
-        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
-            raise bad("normalize.mean and normalize.std need 3 values each, std > 0")
+        if (len(self.mean) != 3 or len(self.std) != 3 or not all(math.isfinite(v) for v in (*self.mean, *self.std))
+                or any(s <= 0 for s in self.std)):
+            raise bad("normalize.mean and normalize.std need 3 finite values each, std > 0")
         # The card normalises 0..1 pixels: (x / 255 - mean) / std. Values on the 0..255 scale (ImageNet's
         # 123.7 / 58.4) would make every input an extreme value, silently.
         if any(not 0 <= m <= 1 for m in self.mean) or any(s > 1 for s in self.std):
@@ -106,7 +114,7 @@ class ModelCard:
         if self.output_layout not in fitting:
             raise bad(f"output.layout '{self.output_layout}' does not fit task '{self.task}' (its layouts: "
                       f"{', '.join(fitting)})")
-        if not 0 <= self.score_threshold <= 1 or not 0 <= self.iou_threshold <= 1:
+        if not 0 <= self.score_threshold <= 1 or not 0 <= self.iou_threshold <= 1:  # (NaN fails both)
             raise bad("postprocess thresholds must lie in [0, 1]")
         if self.max_detections < 1:
             raise bad(f"postprocess.max_detections must be 1 or more, not {self.max_detections}")
@@ -142,64 +150,70 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "model card") -> "ModelCard":
+        """A card from its YAML/JSON form, every key checked for presence and kind: one line naming `source` and
+        the key otherwise (quoted values shown printable: a card may come from a planted file)."""
+        def fail(msg: str) -> EdgekitError:
+            return EdgekitError(f"{source}: {printable(msg)}")
+
         if not isinstance(d, Mapping):
-            raise EdgekitError(f"{source}: expected a mapping of card keys, got {type(d).__name__}")
-        unknown = sorted(set(d) - set(_SCHEMA) - set(_OPTIONAL_KEYS))
+            raise fail(f"expected a mapping of card keys, got {type(d).__name__}")
+        if records.too_deep(dict(d)):
+            raise fail(f"not a valid model card (nested more than {records.MAX_DEPTH} deep)")
+        unknown = sorted(str(k) for k in set(d) - set(_SCHEMA) - set(_OPTIONAL_KEYS))
         if unknown:
-            raise EdgekitError(f"{source}: unknown key(s) {', '.join(unknown)}")
+            raise fail(f"unknown key(s) {', '.join(unknown[:5])}" + (" ..." if len(unknown) > 5 else ""))
         missing = sorted(set(_SCHEMA) - set(d))
         if missing:
-            raise EdgekitError(f"{source}: missing key(s) {', '.join(missing)}")
+            raise fail(f"missing key(s) {', '.join(missing)}")
         for key, subkeys in _SCHEMA.items():
             if subkeys is None:
                 continue
             sub = d[key]
             if not isinstance(sub, Mapping):
-                raise EdgekitError(f"{source}: '{key}' must be a mapping with keys {', '.join(subkeys)}")
-            unknown = sorted(set(sub) - set(subkeys))
+                raise fail(f"'{key}' must be a mapping with keys {', '.join(subkeys)}")
+            unknown = sorted(str(k) for k in set(sub) - set(subkeys))
             if unknown:
-                raise EdgekitError(f"{source}: unknown key(s) {', '.join(key + '.' + u for u in unknown)}")
+                raise fail(f"unknown key(s) {', '.join(key + '.' + u for u in unknown[:5])}")
             required = set(subkeys) - set(_OPTIONAL_SUBKEYS.get(key, ()))
             missing = sorted(required - set(sub))
             if missing:
-                raise EdgekitError(f"{source}: missing key(s) {', '.join(key + '.' + m for m in missing)}")
+                raise fail(f"missing key(s) {', '.join(key + '.' + m for m in missing)}")
         try:
-            shape = [int(v) for v in d["input"]["shape"]]
-            if len(shape) != 4 or shape[1] != 3 or d["input"]["layout"] != "NCHW":
-                raise EdgekitError(
-                    f"{source}: input must be NCHW with 3 channels, got layout {d['input']['layout']} "
-                    f"shape {shape}"
-                )
-            post = d["postprocess"]
+            inp, norm, resize, out, post = d["input"], d["normalize"], d["resize"], d["output"], d["postprocess"]
+            shape = [_integer(v, "input.shape") for v in _list(inp["shape"], "input.shape")]
+            if len(shape) != 4 or shape[1] != 3 or inp["layout"] != "NCHW":
+                raise _Malformed(f"input must be NCHW with 3 channels, got layout {inp['layout']} shape {shape}")
             return cls(
-                name=str(d["name"]),
-                task=str(d["task"]),
-                arch=str(d["arch"]),
-                arch_args=dict(d["arch_args"] or {}),
-                classes=[str(c) for c in d["classes"]],
+                name=_text(d["name"], "name"),
+                task=_text(d["task"], "task"),
+                arch=_text(d["arch"], "arch"),
+                arch_args=_mapping(d["arch_args"], "arch_args"),
+                classes=[_text(c, "classes") for c in _list(d["classes"], "classes")],
                 input_size=(shape[2], shape[3]),
-                input_name=str(d["input"]["name"]),
-                color=str(d["input"]["color"]),
-                mean=tuple(float(v) for v in d["normalize"]["mean"]),  # type: ignore[arg-type]
-                std=tuple(float(v) for v in d["normalize"]["std"]),  # type: ignore[arg-type]
-                resize_mode=str(d["resize"]["mode"]),
-                pad_value=int(d["resize"]["pad_value"]),
-                pad_placement=str(d["resize"].get("pad", "center")),
-                output_name=str(d["output"]["name"]),
-                output_layout=str(d["output"]["layout"]),
-                layout_params=dict(d["output"].get("params") or {}),
-                score_threshold=float(post.get("score_threshold", 0.25)),
-                iou_threshold=float(post.get("iou_threshold", 0.5)),
-                max_detections=int(post.get("max_detections", 100)),
-                agnostic_nms=bool(post.get("agnostic_nms", False)),
+                input_name=_text(inp["name"], "input.name"),
+                color=_text(inp["color"], "input.color"),
+                mean=tuple(_number(v, "normalize.mean") for v in _list(norm["mean"], "normalize.mean")),  # type: ignore[arg-type]
+                std=tuple(_number(v, "normalize.std") for v in _list(norm["std"], "normalize.std")),  # type: ignore[arg-type]
+                resize_mode=_text(resize["mode"], "resize.mode"),
+                pad_value=_integer(resize["pad_value"], "resize.pad_value"),
+                pad_placement=_text(resize.get("pad", "center"), "resize.pad"),
+                output_name=_text(out["name"], "output.name"),
+                output_layout=_text(out["layout"], "output.layout"),
+                layout_params=_mapping(out.get("params"), "output.params"),
+                score_threshold=_number(post.get("score_threshold", 0.25), "postprocess.score_threshold"),
+                iou_threshold=_number(post.get("iou_threshold", 0.5), "postprocess.iou_threshold"),
+                max_detections=_integer(post.get("max_detections", 100), "postprocess.max_detections"),
+                agnostic_nms=_flag(post.get("agnostic_nms", False), "postprocess.agnostic_nms"),
                 extra={k: copy.deepcopy(d[k]) for k in _OPTIONAL_KEYS if k in d},
             )
+        except _Malformed as e:
+            raise fail(str(e)) from None
         except EdgekitError as e:
             if str(e).startswith(source):
                 raise
             raise EdgekitError(f"{source}: {e}") from None
-        except (TypeError, ValueError, KeyError) as e:
-            raise EdgekitError(f"{source}: malformed value ({e})") from None
+        except (TypeError, ValueError, KeyError) as e:  # what the checks above did not foresee
+            raise fail(f"malformed value ({e})") from None
 
     @classmethod
     def from_value(cls, value: Any, source: str) -> "ModelCard":
@@ -214,7 +228,11 @@ class ModelCard:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
-            raise EdgekitError(f"{source}: not valid JSON ({e.msg})") from None
+            raise EdgekitError(f"{source}: model card is not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise EdgekitError(f"{source}: not a valid model card (nested too deeply)") from None
+        except ValueError as e:  # an integer of thousands of digits
+            raise EdgekitError(f"{source}: model card is not valid JSON ({printable(str(e)[:120])})") from None
         return cls.from_dict(d, source)
 
     def to_yaml(self) -> str:
@@ -230,13 +248,67 @@ class ModelCard:
         try:
             d = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
-            raise EdgekitError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+            raise EdgekitError(f"{p}: not valid YAML ({printable(str(e).splitlines()[0])})") from None
+        except RecursionError:
+            raise EdgekitError(f"{p}: not a valid model card (nested too deeply)") from None
         return cls.from_dict(d, str(p))
 
     def save(self, path: "str | Path") -> Path:
         from edgekit.runtime.artifacts import write_text
 
         return write_text(path, self.to_yaml())
+
+
+class _Malformed(ValueError):
+    """A card value of the wrong kind (turned into one EdgekitError naming the card)."""
+
+
+def _text(value: Any, key: str) -> str:
+    # YAML reads a bare 2024 or 1.5 as a number: a number is taken as the text it was written as.
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise _Malformed(f"{key} must be text, got {_kind(value)}")
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise _Malformed(f"{key} must be a number, got {_kind(value)}")
+
+
+def _integer(value: Any, key: str) -> int:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise _Malformed(f"{key} must be a whole number, got {_kind(value)}")
+
+
+def _flag(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _Malformed(f"{key} must be true or false, got {_kind(value)}")
+
+
+def _list(value: Any, key: str) -> List[Any]:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise _Malformed(f"{key} must be a list, got {_kind(value)}")
+
+
+def _mapping(value: Any, key: str) -> Dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise _Malformed(f"{key} must be a mapping, got {_kind(value)}")
+
+
+def _kind(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 40 else type(value).__name__
 
 
 def _yaml() -> Any:

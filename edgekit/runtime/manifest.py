@@ -6,16 +6,20 @@ import hashlib
 import json
 import os
 import platform
+import re
+import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from edgekit.errors import EdgekitError
 from edgekit.runtime import records
 from edgekit.runtime.card import ModelCard
+from edgekit.runtime.text import printable
 
 SCHEMA = "edgekit.manifest/1"
+PRECISIONS = ("fp32", "fp16", "int8")  # what an engine is built as (build-engine resolves "best" to one of them)
 # How an INT8 TensorRT engine was made (BackendRecord.int8_path)
 INT8_QDQ = "explicit Q/DQ"  # TensorRT built the symmetric Q/DQ ONNX
 INT8_IMPLICIT = "implicit calibration"  # TensorRT calibrated the FP32 ONNX itself (DLA)
@@ -118,8 +122,31 @@ class Int8Record:
 class BuildRecord:
     seconds: float
     time: str
-    command: str
-    flags: Dict[str, Any]
+    command: str  # as the user typed it: shown nowhere (a planted manifest could hold any command), see rebuild_command
+    flags: Dict[str, Any]  # BuildFlags as JSON; read through Manifest.build_flags()
+
+
+@dataclass
+class BuildFlags:
+    """The build-engine flags an engine was built with (build.flags), typed: the rebuild hint is made from them."""
+
+    calib_method: Optional[str] = None
+    calib_size: Optional[int] = None
+    keep_fp32: List[str] = field(default_factory=list)
+    dla_core: Optional[int] = None
+    workspace_mb: int = 1024
+    sparsity: bool = False
+    max_batch: int = 1
+
+    def problem(self) -> Optional[str]:
+        """What is out of range, as 'build.flags.KEY ...', or None."""
+        if self.calib_method is not None and not re.fullmatch(r"[a-z0-9_-]{1,32}", self.calib_method):
+            return f"build.flags.calib_method {self.calib_method!r} is no calibration method"
+        for key, low in (("calib_size", 1), ("dla_core", 0), ("workspace_mb", 1), ("max_batch", 1)):
+            value = getattr(self, key)
+            if value is not None and value < low:
+                return f"build.flags.{key} is {value}, below {low}"
+        return None
 
 
 @dataclass
@@ -151,10 +178,18 @@ class Manifest:
         d["card"] = d.pop("card")  # the card last, as manifests have always had it
         return d
 
+    def build_flags(self, source: str = "manifest") -> BuildFlags:
+        """build.flags, typed and range-checked (one line naming `source` and the flag otherwise)."""
+        flags = records.from_dict(BuildFlags, self.build.flags, source, "build.flags")
+        problem = flags.problem()
+        if problem:
+            raise EdgekitError(f"{source}: {printable(problem)}")
+        return flags
+
     @property
     def max_batch(self) -> int:
         """The largest batch the engine was built for."""
-        return int(self.build.flags.get("max_batch") or 1)
+        return self.build_flags().max_batch
 
     def side_file(self, engine: Path, kind: str) -> Optional[Path]:
         """A file written beside the engine (e.g. kind 'tensorrt_qdq_onnx'), or None."""
@@ -207,6 +242,8 @@ def _l4t() -> Optional[str]:
 
 
 def read(engine: "str | Path") -> Manifest:
+    """The manifest beside `engine`, every field typed and checked: a missing, mistyped, out-of-range or deeply
+    nested field is one line naming the file and the field."""
     engine = Path(engine)
     mpath = path_for(engine)
     if not engine.is_file():
@@ -214,13 +251,37 @@ def read(engine: "str | Path") -> Manifest:
     if not mpath.is_file():
         raise EdgekitError(f"{engine}: no manifest ({mpath.name}) beside it; rebuild it with edgekit build-engine")
     try:
-        data = json.loads(mpath.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise EdgekitError(f"{mpath}: unreadable manifest ({e})") from None
+        data = json.loads(mpath.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise EdgekitError(f"{mpath}: not a valid manifest (nested too deeply)") from None
+    except (OSError, ValueError) as e:  # ValueError: bad JSON, not UTF-8, an integer of thousands of digits
+        raise EdgekitError(f"{mpath}: unreadable manifest ({printable(str(e)[:200])})") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise EdgekitError(f"{mpath}: manifest schema {data.get('schema') if isinstance(data, dict) else '?'} "
-                           f"is not {SCHEMA} (made by another edgekit version); rebuild the engine")
-    return records.from_dict(Manifest, data, f"{mpath}")
+        schema = data.get("schema") if isinstance(data, dict) else "?"
+        raise EdgekitError(f"{mpath}: manifest schema {printable(str(schema)[:40])} is not {SCHEMA} (made by another "
+                           "edgekit version); rebuild the engine")
+    if records.too_deep(data):
+        raise EdgekitError(f"{mpath}: not a valid manifest (nested too deeply)")
+    manifest = records.from_dict(Manifest, data, f"{mpath}")
+    _check_fields(manifest, str(mpath))
+    return manifest
+
+
+def _check_fields(m: Manifest, source: str) -> None:
+    """What the types alone do not say: the precision is one edgekit builds, the files named beside the engine
+    are plain file names (not paths elsewhere), the build flags are typed and in range."""
+    if m.precision not in PRECISIONS:
+        raise EdgekitError(f"{source}: field 'precision' must be one of {', '.join(PRECISIONS)}, got "
+                           f"{printable(repr(m.precision)[:40])}")
+    for where, name in [("engine.file", m.engine.file), *((f"files.{k}", v) for k, v in m.files.items())]:
+        if not _plain_name(name):
+            raise EdgekitError(f"{source}: field '{printable(where)}' must be a file name beside the engine, got "
+                               f"{printable(repr(name)[:60])}")
+    m.build_flags(source)
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
 def write(manifest: Manifest, path: "str | Path") -> None:
@@ -241,11 +302,43 @@ def mismatches(manifest: Manifest, engine: Path, here: BackendRecord) -> List[st
 def check(manifest: Manifest, engine: Path, here: BackendRecord) -> None:
     problems = mismatches(manifest, engine, here)
     if problems:
-        raise EdgekitError(f"{engine}: {problems[0]}; rebuild with: {manifest.build.command}")
+        raise EdgekitError(f"{engine}: {printable(problems[0])}; rebuild with: {rebuild_command(manifest, engine)}")
+
+
+# How calibration.load describes its source (Int8Record.calibration.source)
+_CALIB_SOURCE = re.compile(r"\d+ (?:images from|frames sampled from) (.+)")
+
+
+def rebuild_command(manifest: Manifest, engine: Path) -> str:
+    """The `edgekit build-engine` line that rebuilds `engine`, made from the manifest's checked fields (the ONNX,
+    backend, precision, calibration and build flags), every argument shell-quoted and shown printable. Never
+    build.command: a planted manifest can put any command there (`curl ... | sh`) for the user to paste."""
+    flags = manifest.build_flags()
+    args = ["edgekit", "build-engine", manifest.onnx.file, "-o", str(engine), "--backend", manifest.backend.name,
+            "--precision", manifest.precision]
+    if manifest.precision == "int8":
+        found = _CALIB_SOURCE.fullmatch(manifest.int8.calibration.source) if manifest.int8 else None
+        args += ["--calib", found.group(1) if found else "CALIBRATION_IMAGES"]
+        if flags.calib_method:
+            args += ["--calib-method", flags.calib_method]
+        if flags.calib_size:
+            args += ["--calib-size", str(flags.calib_size)]
+    for name in flags.keep_fp32:
+        args += ["--keep-fp32", name]
+    if flags.dla_core is not None:
+        args += ["--dla-core", str(flags.dla_core)]
+    if flags.workspace_mb != BuildFlags.workspace_mb:
+        args += ["--workspace", str(flags.workspace_mb)]
+    if flags.sparsity:
+        args.append("--sparsity")
+    if flags.max_batch != 1:
+        args += ["--max-batch", str(flags.max_batch)]
+    line = printable(" ".join(shlex.quote(a) for a in args))
+    if manifest.fingerprint.get("card_given"):
+        line += " (with the --card/--classes/--layout flags it was built with)"
+    return line
 
 
 def command_line() -> str:
-    import shlex
-
     return " ".join(shlex.quote(a) for a in ["edgekit", *sys.argv[1:]])
 

@@ -10,9 +10,13 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.runtime import manifest as mf
+from edgekit.runtime import registry
 from edgekit.runtime.backends import Backend, backend_class, checkpoint_runner
+from edgekit.runtime.backends.base import TensorSpec
 from edgekit.runtime.card import CARD_KEY, ModelCard
+from edgekit.runtime.layouts.shapes import fits, known
 from edgekit.runtime.manifest import BackendRecord, Manifest
+from edgekit.runtime.text import printable
 
 
 @dataclass
@@ -46,10 +50,45 @@ def open_engine(path: "str | Path", pipelined: bool = False) -> Opened:
     `pipelined`: the engine runs beside other busy threads (run-stream), not alone in a loop (profile)."""
     path = Path(path)
     manifest = mf.read(path)
-    cls = backend_class(manifest.backend.name)
+    try:
+        cls = backend_class(manifest.backend.name)
+    except EdgekitError as e:  # (a backend another install registers, or a planted name: quoted inert)
+        raise EdgekitError(f"{mf.path_for(path)}: field 'backend.name': {printable(e)}") from None
     mf.check(manifest, path, cls.environment())
     backend = cls.load(path, manifest.backend, pipelined=pipelined, max_batch=manifest.max_batch)
+    _checked_against_graph(backend, manifest.card, f"{mf.path_for(path)}")
     return Opened(backend, manifest.card, manifest, manifest.backend, manifest.precision, path)
+
+
+def check_card_against_graph(card: ModelCard, backend: Backend, source: str) -> None:
+    """A one-line error where the card does not describe the graph the backend runs: an input of another size or
+    rank, or outputs its layout does not take with the card's classes (the layout's own check, as build-engine
+    runs it). Dimensions the graph leaves dynamic pass. An edited card would otherwise run to a wrong result or
+    to a huge allocation."""
+    if backend.inputs and backend.inputs[0].shape:
+        spec, (h, w) = backend.inputs[0], card.input_size
+        shape = list(spec.shape)
+        if len(shape) != 4 or not (fits(shape[1], 3) and fits(shape[2], h) and fits(shape[3], w)):
+            raise EdgekitError(f"{source}: its model card gives a 1x3x{h}x{w} input, but the graph's input "
+                               f"'{printable(spec.name)}' is {printable(shape)}; the card does not describe this model")
+    # A dimension the graph leaves open is None or a name (ONNX Runtime) or -1 (TensorRT): as a name, so that the
+    # layouts' checks, which compare only the integers they see, pass it.
+    outputs = [TensorSpec(o.name, tuple(d if known(d) or isinstance(d, str) else "?" for d in o.shape), o.dtype)
+               for o in backend.outputs if o.shape]
+    if outputs and len(outputs) == len(backend.outputs):  # (outputs of a rank the runtime does not know: unchecked)
+        registry.layout(card.output_layout).check(outputs, card, f"{source}: its model card does not fit the graph")
+
+
+def _checked_against_graph(backend: Backend, card: ModelCard, source: str) -> None:
+    try:
+        check_card_against_graph(card, backend, source)
+    except EdgekitError as e:  # the layouts' messages quote the graph's output names: shown inert
+        backend.close()
+        text = printable(str(e))
+        raise EdgekitError(text if text.startswith(source) else f"{source}: {text}") from None
+    except BaseException:
+        backend.close()
+        raise
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -65,10 +104,26 @@ def _open_plain_onnx(path: Path, pipelined: bool) -> Opened:
         backend.close()
         raise EdgekitError(f"{path}: no model card in the ONNX and no manifest beside it; build it with "
                            "edgekit build-engine (which takes --card for foreign models)")
-    card = ModelCard.from_json(meta[CARD_KEY], str(path))
+    try:
+        card = ModelCard.from_json(meta[CARD_KEY], str(path))
+    except BaseException:
+        backend.close()
+        raise
+    _checked_against_graph(backend, card, str(path))
     record = BackendRecord(name=OnnxRuntimeBackend.name, version=OnnxRuntimeBackend.version(),
                            providers=["CPUExecutionProvider"])
-    return Opened(backend, card, None, record, "fp32 (plain ONNX)", path)
+    return Opened(backend, card, None, record, plain_onnx_precision(backend), path)
+
+
+def plain_onnx_precision(backend: Backend) -> str:
+    """What a plain ONNX (no manifest) runs as, from its graph: an INT8 engine whose manifest was lost is not FP32."""
+    quantized = backend.quantized_ops()
+    if quantized is None:
+        return "unknown (plain ONNX, no manifest)"
+    if quantized:
+        shown = ", ".join(quantized[:3]) + (", ..." if len(quantized) > 3 else "")
+        return f"int8 (quantized graph: {printable(shown)}; plain ONNX, no manifest)"
+    return "fp32 (plain ONNX)"
 
 
 def open_model(path: "str | Path", pipelined: bool = False, device: str = "auto",
@@ -88,5 +143,5 @@ def open_model(path: "str | Path", pipelined: bool = False, device: str = "auto"
         opened = _open_plain_onnx(path, pipelined)
     if task and task != opened.card.task:
         opened.close()
-        raise EdgekitError(f"{path}: this is a {opened.card.task} model ({opened.card.name}), not {task}")
+        raise EdgekitError(f"{path}: this is a {opened.card.task} model ({printable(opened.card.name)}), not {task}")
     return opened

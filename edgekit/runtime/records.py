@@ -12,8 +12,12 @@ import typing
 from typing import Any, Dict, Type, TypeVar
 
 from edgekit.errors import EdgekitError
+from edgekit.runtime.text import printable
 
 T = TypeVar("T")
+# How deep a record's JSON may nest: manifests and cards go 6 levels down; a planted file nested thousands deep
+# would otherwise end in a RecursionError wherever it is next walked (copied, compared, written).
+MAX_DEPTH = 32
 _NONE = type(None)
 _NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
           dict: "a mapping"}
@@ -32,11 +36,23 @@ def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether JSON-like `value` nests lists and mappings more than `limit` deep (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return False
+
+
 def convert(tp: Any, value: Any, where: str, source: str) -> Any:
     """`value` as type `tp`, or an EdgekitError naming `source` and the field path `where`."""
     def bad() -> EdgekitError:
         shown = repr(value) if len(repr(value)) <= 40 else type(value).__name__
-        return EdgekitError(f"{source}: field '{where}' must be {_describe(tp)}, got {shown}")
+        return EdgekitError(f"{source}: field '{printable(where)}' must be {_describe(tp)}, got {shown}")
 
     if tp is Any:
         return value
@@ -86,14 +102,15 @@ def from_dict(cls: Type[T], data: Any, source: str, where: str = "") -> T:
     prefix = f"{where}." if where else ""
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise EdgekitError(f"{source}: unknown field(s) {', '.join(prefix + u for u in unknown)}")
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise EdgekitError(f"{source}: unknown field(s) {printable(', '.join(prefix + u for u in unknown[:5]))}{more}")
     values: Dict[str, Any] = {}
     for name, f in fields.items():
         if name not in data:
             has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
             if has_default:
                 continue
-            raise EdgekitError(f"{source}: missing field {prefix}{name}")
+            raise EdgekitError(f"{source}: missing field {printable(prefix)}{name}")
         values[name] = convert(hints[name], data[name], prefix + name, source)
     return cls(**values)
 

@@ -194,6 +194,12 @@ class Backend(ABC):
         Runtime's own profiling); a backend that cannot time its layers raises EdgekitError saying so."""
         raise EdgekitError(f"{self.label or self.name}: per-layer timing is not available on this backend")
 
+    def quantized_ops(self) -> Optional[List[str]]:
+        """The quantized op types (QuantizeLinear, QLinearConv, ...) in the graph this engine runs, an empty list
+        where there are none; None where the backend cannot tell (a compiled engine). Tells an INT8 ONNX that has
+        lost its manifest from an FP32 one."""
+        return None
+
     def batch_limit(self) -> Optional[int]:
         """The largest batch this engine takes; None where any batch goes (a dynamic batch axis)."""
         first = self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape else 1

@@ -2,12 +2,13 @@
 validated with (recorded in its manifest)."""
 
 import json
+import mmap
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -23,7 +24,8 @@ from edgekit.runtime.backends.base import (
     Timing,
     runtime_module,
 )
-from edgekit.runtime.manifest import BackendRecord
+from edgekit.runtime.manifest import BackendRecord, path_for
+from edgekit.runtime.text import printable
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
                "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
@@ -41,6 +43,32 @@ def _ort() -> Any:
     return runtime_module("onnxruntime", "onnxruntime", "onnxruntime")
 
 
+# The session options a manifest may set, and what each takes. Nothing else: a planted manifest must not reach
+# options that write files (optimized_model_filepath, profile_file_prefix) or take any type pybind rejects.
+_OPTIMIZATION_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_LAYOUT",
+                        "ORT_ENABLE_ALL")
+_SESSION_OPTIONS = {
+    "graph_optimization_level": ("one of " + ", ".join(_OPTIMIZATION_LEVELS), lambda v: v in _OPTIMIZATION_LEVELS),
+    "intra_op_num_threads": ("a thread count 0..1024", lambda v: type(v) is int and 0 <= v <= 1024),
+    "inter_op_num_threads": ("a thread count 0..1024", lambda v: type(v) is int and 0 <= v <= 1024),
+    "execution_mode": ("ORT_SEQUENTIAL or ORT_PARALLEL", lambda v: v in ("ORT_SEQUENTIAL", "ORT_PARALLEL")),
+    "enable_cpu_mem_arena": ("true or false", lambda v: type(v) is bool),
+    "enable_mem_pattern": ("true or false", lambda v: type(v) is bool),
+}
+
+
+def check_session_options(session_options: Dict[str, Any], source: str) -> None:
+    """A one-line error for a session option a manifest may not set, or one of the wrong kind."""
+    for key, value in session_options.items():
+        if key not in _SESSION_OPTIONS:
+            raise EdgekitError(f"{source}: backend.session_options.{printable(key)[:60]} is not a session option "
+                               f"edgekit sets (it sets {', '.join(_SESSION_OPTIONS)})")
+        what, ok = _SESSION_OPTIONS[key]
+        if not ok(value):
+            raise EdgekitError(f"{source}: backend.session_options.{key} must be {what}, got "
+                               f"{printable(repr(value)[:40])}")
+
+
 def _session_options(ort: Any, session_options: Optional[Dict[str, Any]], pipelined: bool) -> Any:
     so = ort.SessionOptions()
     if pipelined:
@@ -50,8 +78,80 @@ def _session_options(ort: Any, session_options: Optional[Dict[str, Any]], pipeli
     for key, value in (session_options or {}).items():
         if key == "graph_optimization_level":
             value = getattr(ort.GraphOptimizationLevel, value)
+        elif key == "execution_mode":
+            value = getattr(ort.ExecutionMode, value)
         setattr(so, key, value)
     return so
+
+
+# --- what a graph is made of, read from the file itself (the runtime side has no `onnx` package) ---------------
+# ONNX's protobuf field numbers (onnx/onnx.proto): ModelProto.graph 7, GraphProto.node 1, NodeProto.op_type 4.
+_MODEL_GRAPH, _GRAPH_NODE, _NODE_OP_TYPE = 7, 1, 4
+# Ops that only a quantized graph has: Q/DQ pairs (what edgekit's INT8 files and TensorRT's explicit quantization
+# use), QLinear* and the integer kernels of ONNX Runtime's operator-oriented format.
+_QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
+                  "QGemm", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+
+
+def _varint(buf: Any, pos: int, end: int) -> Tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if pos >= end or shift > 63:
+            raise ValueError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(buf: Any, start: int, end: int) -> Iterator[Tuple[int, int, int]]:
+    """(field number, start, end) of each length-delimited field of the protobuf message in buf[start:end];
+    other wire types are skipped."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        wire = key & 7
+        if wire == 0:
+            _, pos = _varint(buf, pos, end)
+            continue
+        if wire == 2:
+            length, pos = _varint(buf, pos, end)
+            nxt = pos + length
+        elif wire in (1, 5):
+            nxt = pos + (8 if wire == 1 else 4)
+        else:  # groups (wire 3/4) are not in ONNX's schema
+            raise ValueError(f"wire type {wire}")
+        if nxt > end:
+            raise ValueError("field runs past its message")
+        if wire == 2:
+            yield key >> 3, pos, nxt
+        pos = nxt
+
+
+def graph_op_types(path: "str | Path") -> Optional[Set[str]]:
+    """The op types of an ONNX file's main graph, read straight from its protobuf (initializers are skipped, not
+    read); None where the file is not one this reader follows."""
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            ops: Set[str] = set()
+            for number, start, end in _fields(buf, 0, len(buf)):
+                if number != _MODEL_GRAPH:
+                    continue
+                for n, node_start, node_end in _fields(buf, start, end):
+                    if n != _GRAPH_NODE:
+                        continue
+                    for k, s, e in _fields(buf, node_start, node_end):
+                        if k == _NODE_OP_TYPE:
+                            ops.add(bytes(buf[s:e]).decode("utf-8", "replace"))
+            return ops
+    except (OSError, ValueError):
+        return None
+
+
+def quantized_op_types(ops: Set[str]) -> List[str]:
+    return sorted(op for op in ops if op in _QUANTIZED_OPS or op.startswith("QLinear"))
 
 
 def layer_times_from_trace(events: Sequence[Dict[str, Any]], skip_runs: int) -> Tuple[List[LayerTime], int]:
@@ -115,6 +215,7 @@ class OnnxRuntimeBackend(Backend):
 
     @classmethod
     def load(cls, path: Path, record: BackendRecord, pipelined: bool = False, max_batch: int = 1) -> "Backend":
+        check_session_options(record.session_options or {}, str(path_for(path)))
         return cls(path, providers=record.providers, session_options=record.session_options, pipelined=pipelined)
 
     def __init__(self, path: "str | Path", providers: Optional[List[str]] = None,
@@ -134,13 +235,18 @@ class OnnxRuntimeBackend(Backend):
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise EdgekitError(f"{path}: ONNX Runtime cannot load it: {first}") from None
+            raise EdgekitError(f"{path}: ONNX Runtime cannot load it: {printable(first[:300])}") from None
         self._inputs = [TensorSpec(i.name, tuple(i.shape), _ORT_DTYPES.get(str(i.type), str(i.type)))
                         for i in self.session.get_inputs()]
         self._outputs = [TensorSpec(o.name, tuple(o.shape), _ORT_DTYPES.get(str(o.type), str(o.type)))
                          for o in self.session.get_outputs()]
         self._names = [o.name for o in self._outputs]
         self._timing = Timing()
+
+    def quantized_ops(self) -> Optional[List[str]]:
+        """The quantized op types in the ONNX file this session runs (empty: none); None where it cannot be read."""
+        ops = graph_op_types(self._path)
+        return None if ops is None else quantized_op_types(ops)
 
     def infer(self, inputs: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
         feeds = {s.name: x for s, x in zip(self._inputs, inputs)}

@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 from edgekit import __version__
 from edgekit.runtime import backends
+from edgekit.runtime.text import printable
 
 SCHEMA = "edgekit.doctor/1"
 
@@ -196,7 +197,8 @@ def text(r: Dict[str, Any]) -> str:
         lines.append(f"  {mark}{c['name']:<18} {c['detail']}")
         if c["fix"]:
             lines.append(f"      {'':<18} to get it: {c['fix']}")
-    return "\n".join(lines) + "\n"
+    # Probe results quote other programs and plugins (CPU model, GPU name, error text): shown inert.
+    return printable("\n".join(lines) + "\n", multiline=True)
 
 
 def main(as_json: bool = False) -> int:

@@ -14,7 +14,7 @@ from edgekit.errors import EdgekitError
 from edgekit.runtime.backends.base import TensorSpec
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.layouts.base import DecodeParams, Layout, the_output, the_output_spec
-from edgekit.runtime.layouts.shapes import is_integer, known
+from edgekit.runtime.layouts.shapes import fits, is_integer, known
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_layout
 from edgekit.runtime.tasks.segmentation import ClassMap, to_frame
@@ -40,7 +40,7 @@ def spatial(shape: Sequence[Any]) -> Optional[List[Any]]:
     """[H, W] of a [B, H, W] or [B, 1, H, W] output shape; None for any other shape."""
     if len(shape) == 3:
         return list(shape[1:])
-    if len(shape) == 4 and shape[1] == 1:
+    if len(shape) == 4 and fits(shape[1], 1):
         return list(shape[2:])
     return None
 

@@ -16,7 +16,7 @@ from edgekit.runtime.backends.base import TensorSpec
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.layouts.argmax import plausible_size
 from edgekit.runtime.layouts.base import DecodeParams, Layout, the_output, the_output_spec
-from edgekit.runtime.layouts.shapes import is_float
+from edgekit.runtime.layouts.shapes import fits, is_float, known
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_layout
 from edgekit.runtime.tasks.segmentation import ClassMap, to_frame
@@ -43,11 +43,11 @@ class Binary(Layout):
         if len(shape) != 4:
             raise EdgekitError(f"{source}: output '{spec.name}' has shape {shape}; the binary layout expects one "
                                "probability channel [N, 1, H, W]")
-        if shape[1] == 2:
+        if known(shape[1]) and shape[1] == 2:
             raise EdgekitError(f"{source}: output '{spec.name}' has shape {shape}: 2 channels, as some DBNet ports "
                                "write (shrink and threshold maps); the binary layout reads one probability channel "
                                "[N, 1, H, W]: export in inference mode, which writes the shrink map alone")
-        if shape[1] != 1:
+        if not fits(shape[1], 1):
             raise EdgekitError(f"{source}: output '{spec.name}' has shape {shape}; the binary layout expects one "
                                f"probability channel [N, 1, H, W] ({shape[1]} class scores take layout 'logits')")
         if not is_float(spec.dtype):

@@ -37,7 +37,7 @@ def roles(outputs: Sequence[Output]) -> Optional[Dict[str, str]]:
         return None
     reals = [o for o in outputs if is_float(o[2])]
     ints = [o for o in outputs if is_integer(o[2])]
-    boxes = [o for o in reals if len(o[1]) == 3 and o[1][2] == 4]
+    boxes = [o for o in reals if len(o[1]) == 3 and fits(o[1][2], 4)]
     scores = [o for o in reals if len(o[1]) == 2]
     if len(boxes) != 1 or len(scores) != 1 or len(ints) != 2:
         return None

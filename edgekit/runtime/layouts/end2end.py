@@ -15,7 +15,7 @@ from edgekit.errors import EdgekitError
 from edgekit.runtime.backends.base import TensorSpec
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.layouts.base import DecodeParams, Layout, the_output, the_output_spec
-from edgekit.runtime.layouts.shapes import class_indices, dense_head_rows
+from edgekit.runtime.layouts.shapes import class_indices, dense_head_rows, fits
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_layout
 from edgekit.runtime.tasks.detection import Detections
@@ -39,7 +39,7 @@ class End2End(Layout):
     def check(self, outputs: Sequence[TensorSpec], card: ModelCard, source: str) -> None:
         spec = the_output_spec(outputs, card)
         shape = list(spec.shape)
-        if len(shape) != 3 or shape[2] != 6:
+        if len(shape) != 3 or not fits(shape[2], 6):
             raise EdgekitError(f"{source}: output '{spec.name}' has shape {shape}; an end-to-end detector (NMS in "
                                "the graph) has [N, K, 6]: x1, y1, x2, y2, score, class")
         if isinstance(shape[1], int) and shape[1] in dense_head_rows(card.input_size):

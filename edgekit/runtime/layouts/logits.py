@@ -10,6 +10,7 @@ from edgekit.errors import EdgekitError
 from edgekit.runtime.backends.base import TensorSpec
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.layouts.base import DecodeParams, Layout, the_output, the_output_spec
+from edgekit.runtime.layouts.shapes import is_integer
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_layout
 from edgekit.runtime.tasks.segmentation import ClassMap, to_frame
@@ -39,6 +40,9 @@ class Logits(Layout):
         shape = list(spec.shape)
         if len(shape) not in (3, 4):
             raise EdgekitError(f"{source}: output '{spec.name}' has shape {shape}; expected [N, C, H, W] logits")
+        if len(shape) == 3 and not is_integer(spec.dtype):  # (a detector's [N, 4 + classes, anchors] is float)
+            raise EdgekitError(f"{source}: output '{spec.name}' is {spec.dtype} {shape}; expected [N, C, H, W] logits "
+                               "or an integer class map [N, H, W]")
         if len(shape) == 4 and isinstance(shape[1], int) and shape[1] != card.num_classes:
             raise EdgekitError(f"{source}: output '{spec.name}' has {shape[1]} channels (shape {shape}), one per "
                                f"class, but the card names {card.num_classes} classes; pass --classes with {shape[1]} "

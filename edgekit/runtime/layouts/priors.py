@@ -102,7 +102,7 @@ def roles(outputs: Sequence[Output], conf_columns: int) -> Optional[Dict[str, st
     best_hints = -1
     for order in itertools.permutations(outputs):  # graph order first
         k = [o[1][-1] for o in order]
-        if k[0] != 4 or k[1] != conf_columns or (len(order) == 3 and (not known(k[2]) or k[2] % 2)):
+        if not fits(k[0], 4) or not fits(k[1], conf_columns) or (len(order) == 3 and (not known(k[2]) or k[2] % 2)):
             continue
         hints = int("loc" in order[0][0].lower()) + int("conf" in order[1][0].lower())
         if hints > best_hints:

@@ -14,7 +14,7 @@ from edgekit.errors import EdgekitError
 from edgekit.runtime.backends.base import TensorSpec
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.layouts.base import DecodeParams, Layout, the_output, the_output_spec
-from edgekit.runtime.layouts.shapes import dense_head_rows
+from edgekit.runtime.layouts.shapes import dense_head_rows, fits
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_layout
 from edgekit.runtime.tasks.detection import Detections, cxcywh_to_xyxy
@@ -39,7 +39,7 @@ class RTDETR(Layout):
     def check(self, outputs: Sequence[TensorSpec], card: ModelCard, source: str) -> None:
         spec = the_output_spec(outputs, card)
         shape = list(spec.shape)
-        if len(shape) != 3 or shape[2] != 4 + card.num_classes:
+        if len(shape) != 3 or not fits(shape[2], 4 + card.num_classes):
             raise EdgekitError(f"{source}: output '{spec.name}' has shape {shape}; an RT-DETR detector with "
                                f"{card.num_classes} classes has [N, queries, {4 + card.num_classes}]")
 

@@ -35,7 +35,7 @@ def roles(outputs: Sequence[Output]) -> Optional[Dict[str, str]]:
     """Output name by role (boxes, labels, scores), or None where the outputs are not this layout."""
     if len(outputs) != 3:
         return None
-    boxes = [o for o in outputs if o[2].startswith("float") and len(o[1]) == 2 and o[1][1] == 4]
+    boxes = [o for o in outputs if o[2].startswith("float") and len(o[1]) == 2 and fits(o[1][1], 4)]
     scores = [o for o in outputs if o[2].startswith("float") and len(o[1]) == 1]
     labels = [o for o in outputs if o[2].startswith(("int", "uint")) and len(o[1]) == 1]
     if len(boxes) != 1 or len(scores) != 1 or len(labels) != 1:

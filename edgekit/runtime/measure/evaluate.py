@@ -10,6 +10,7 @@ from edgekit.runtime.card import ModelCard
 from edgekit.runtime.data import datasets
 from edgekit.runtime.layouts.base import DecodeParams
 from edgekit.runtime.preprocess import Transform, preprocess
+from edgekit.runtime.text import printable
 
 SCHEMA = "edgekit.eval/1"
 
@@ -78,12 +79,14 @@ def evaluate(predict: Callable[[np.ndarray], Mapping[str, np.ndarray]], card: Mo
 
 
 def markdown(r: Dict[str, Any]) -> str:
-    """The eval report: the artifact, the data, the accuracy and the task's details (IoU per class, ...)."""
+    """The eval report: the artifact, the data, the accuracy and the task's details (IoU per class, ...). Strings
+    from the model's card or manifest are shown `printable`, and the whole text once more (class names too)."""
     m = r["metrics"]
     task = registry.task(r["task"])
-    lines = [f"# Accuracy: {r['artifact']}", "",
-             f"- model: {r['model']} ({r['task']}); backend {r['backend']['name']}; precision {r['precision']}",
-             f"- data: {r['data']} split '{r['split']}' ({m['images']} images)",
+    lines = [f"# Accuracy: {printable(r['artifact'])}", "",
+             f"- model: {printable(r['model'])} ({printable(r['task'])}); backend {printable(r['backend']['name'])}; "
+             f"precision {printable(r['precision'])}",
+             f"- data: {printable(r['data'])} split '{printable(r['split'])}' ({m['images']} images)",
              f"- **{task.accuracy_text(m)}**"]
     lines += task.accuracy_details(m)
-    return "\n".join(lines) + "\n"
+    return printable("\n".join(lines) + "\n", multiline=True)

@@ -20,6 +20,7 @@ from edgekit.runtime.jetson import power
 from edgekit.runtime.manifest import BackendRecord, host_environment
 from edgekit.runtime.measure.stats import summarize
 from edgekit.runtime.opening import Opened
+from edgekit.runtime.text import printable
 
 SCHEMA = "edgekit.profile/1"
 # trtexec calls a GPU unstable when the compute-time CV exceeds 1%; host-only timings on a CPU are noisier.
@@ -213,20 +214,23 @@ def layers_markdown(lay: Dict[str, Any]) -> List[str]:
         "| layer | kind | device | ms | share |",
         "|---|---|---|---:|---:|",
     ]
-    for t in lay["top"]:
-        name = str(t["name"]).replace("|", "\\|")
-        lines.append(f"| {name} | {t['kind'] or '-'} | {t['device']} | {t['ms']:.3f} | {100 * t['share']:.1f}% |")
+    for t in lay["top"]:  # node names and kinds come from the model file
+        name, kind = (printable(v).replace("|", "\\|") for v in (t["name"], t["kind"] or "-"))
+        lines.append(f"| {name} | {kind} | {printable(t['device'])} | {t['ms']:.3f} | {100 * t['share']:.1f}% |")
     return lines
 
 
 def markdown(r: Dict[str, Any]) -> str:
+    """The report as Markdown, also what `edgekit profile` prints. The card's and manifest's strings (model name,
+    task, backend, precision, layer names) come from files that may be planted: each is shown `printable`, and the
+    whole text once more, so no field can send a terminal control sequence."""
     pkeys = [k for k in r["host_ms"] if k.startswith("p")]
+    device = r["backend"].get("device")
     lines = [
-        f"# Profile: {r['artifact'] or r['label']}",
+        f"# Profile: {printable(r['artifact'] or r['label'])}",
         "",
-        f"- model: {r['model']} ({r['task']}); backend: {r['backend']['name']}"
-        f"{' ' + str(r['backend'].get('device', '')) if r['backend'].get('device') else ''}; "
-        f"precision: {r['precision']}; batch {r['batch']}",
+        f"- model: {printable(r['model'])} ({printable(r['task'])}); backend: {printable(r['backend']['name'])}"
+        f"{' ' + printable(device) if device else ''}; precision: {printable(r['precision'])}; batch {r['batch']}",
         f"- {r['iterations']} iterations in {r['seconds']:.1f} s: throughput "
         f"{r['throughput_images_per_s']:.1f} images/s",
         "",
@@ -241,10 +245,10 @@ def markdown(r: Dict[str, Any]) -> str:
                          f" | {st['max']:.3f} | {st['mean']:.3f} | {100 * st['cv']:.1f}% |")
     lines += power.markdown_lines(r.get("power"), r.get("jetson"))
     for w in r["warnings"]:
-        lines.append(f"- WARNING: {w}")
+        lines.append(f"- WARNING: {printable(w)}")
     if r.get("layers"):
         lines += layers_markdown(r["layers"])
-    return "\n".join(lines) + "\n"
+    return printable("\n".join(lines) + "\n", multiline=True)
 
 
 def write(r: Dict[str, Any], out: Path) -> None:
