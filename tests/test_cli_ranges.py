@@ -31,7 +31,7 @@ BAD = [
     ("train", "d", "--lr", "-1e-3"),
     ("sweep", "m.safetensors", "--rounds", "0"),
     ("import-model", "m.onnx", "--pad-value", "300"),
-    ("import-model", "m.onnx", "--std", "0", "1", "1"),
+    ("import-model", "m.onnx", "--std", "nan", "1", "1"),
     ("data", "synth", "d", "--fps", "0"),
 ]
 

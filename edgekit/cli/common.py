@@ -49,6 +49,7 @@ non_negative = _ranged(float, 0, what=" of 0 or more")  # tolerances, weights
 fraction = _ranged(float, 0, 1, what=" between 0 and 1")  # thresholds
 open_fraction = _ranged(float, 0, 1, lo_open=True, what=" above 0 and at most 1")  # shares to remove
 byte_value = _ranged(int, 0, 255, what=" between 0 and 255")  # pixel values
+finite = _ranged(float)  # the card checks the range itself, with a hint (mean 123.7 -> 0.485)
 
 
 def percentiles(text: str) -> Tuple[float, ...]:
@@ -157,8 +158,8 @@ def add_card_flags(p: argparse.ArgumentParser) -> None:
     card.add_argument("--task", choices=TASKS, metavar="TASK", help="%(choices)s")
     card.add_argument("--classes", help="comma-separated class names")
     card.add_argument("--input-size", type=size, help="WxH of the network input (fixes a dynamic input)")
-    card.add_argument("--mean", type=fraction, nargs=3, help="per-channel mean on 0..1 pixels (default 0 0 0)")
-    card.add_argument("--std", type=open_fraction, nargs=3, help="per-channel std on 0..1 pixels (default 1 1 1)")
+    card.add_argument("--mean", type=finite, nargs=3, help="per-channel mean on 0..1 pixels (default 0 0 0)")
+    card.add_argument("--std", type=finite, nargs=3, help="per-channel std on 0..1 pixels (default 1 1 1)")
     card.add_argument("--channel-order", choices=("rgb", "bgr"), help="what the network takes (default rgb)")
     card.add_argument("--resize", choices=("letterbox", "stretch"), help="default letterbox")
     card.add_argument("--pad", choices=("center", "corner"), help="where letterbox puts the image (default center; "
