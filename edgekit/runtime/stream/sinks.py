@@ -1,11 +1,12 @@
 """Sinks, several at once: annotated video file, JSON Lines of per-frame results, a window, none."""
 
+import contextlib
 import json
 import os
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Deque, Dict, Optional
+from typing import Any, Deque, Dict, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -13,10 +14,15 @@ import numpy as np
 from edgekit.errors import EdgekitError
 from edgekit.runtime import draw
 from edgekit.runtime.api import Model
+from edgekit.runtime.artifacts import open_for_writing, publish, refuse_symlink, temp_beside
 
 
 def result_json(frame: Any, model: Model) -> Dict[str, Any]:
-    return {"frame": frame.index, "t_capture_ns": frame.t_capture, **model.to_json(frame.result)}
+    row: Dict[str, Any] = {"frame": frame.index}
+    source_name = getattr(frame, "source_name", None)  # an image folder's file name
+    if source_name is not None:
+        row["source"] = source_name
+    return {**row, "t_capture_ns": frame.t_capture, **model.to_json(frame.result)}
 
 
 class _Rate:
@@ -40,32 +46,135 @@ def annotate(frame: Any, model: Model, status: str) -> np.ndarray:
     return img
 
 
+def letterbox(img: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """``img`` scaled to fit ``size`` (width, height), aspect ratio kept, centred on black."""
+    w, h = size
+    ih, iw = img.shape[:2]
+    r = min(w / iw, h / ih)
+    nw, nh = max(1, min(w, int(round(iw * r)))), max(1, min(h, int(round(ih * r))))
+    resized = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
+    x, y = (w - nw) // 2, (h - nh) // 2
+    return cv2.copyMakeBorder(resized, y, h - nh - y, x, w - nw - x, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+
+
 class VideoSink:
-    def __init__(self, path: Path, model: Model, fps: float) -> None:
-        self.path, self.model, self.fps = path, model, fps or 30.0
+    """The annotated video. The first frame fixes its size; a frame of another size (an image folder of mixed
+    sizes) is letterboxed to it and counted, so every frame is written (OpenCV drops such frames silently).
+
+    Each video file is written under a hidden temporary name and renamed into place once complete, so a
+    finished file is always playable and a symbolic link planted at its name is replaced, not followed.
+
+    ``max_bytes`` > 0 cuts the video into segments: once the current one reaches ``max_bytes`` it is finished
+    and the next frame starts a new one; the oldest finished segments beyond ``keep_segments`` are deleted.
+    A run that fits in one segment gives ``annotated.mp4``; once cut, the segments are ``annotated-000001.mp4``,
+    ``annotated-000002.mp4``, ... (numbers never reused; the highest is the newest). OpenCV does not say how
+    many bytes it has encoded and FFmpeg writes in 256 KiB chunks, so a segment's size is estimated from the
+    bytes per frame of the last finished segment: a segment overshoots ``max_bytes`` by about one frame (up
+    to three measured: frames larger than the last segment's); the first one, before the writer's first flush
+    gives a measure, by up to the flush size. On disk at any time: ``keep_segments`` finished segments and
+    the one being written."""
+
+    def __init__(self, path: Path, model: Model, fps: float, max_bytes: int = 0, keep_segments: int = 2) -> None:
+        if max_bytes < 0 or keep_segments < 1:
+            raise EdgekitError(f"video segments: max_bytes {max_bytes} must be >= 0 (0 = unlimited) and "
+                               f"keep_segments {keep_segments} >= 1")
+        refuse_symlink(path)
+        self.path, self.model, self.fps = Path(path), model, fps or 30.0
+        self.max_bytes, self.keep_segments = max_bytes, keep_segments
         self.writer: Optional[Any] = None
         self.rate = _Rate()
+        self.size: Optional[Tuple[int, int]] = None  # (width, height), fixed by the first frame
+        self._tmp: Optional[Path] = None
+        self._segment_frames = self._flushed = self._frames_flushed = 0  # frames; bytes on disk, after which frame
+        self._per_frame = 0.0  # bytes per frame of the last finished segment
+        self._kept: Deque[Dict[str, Any]] = deque()  # finished segments on disk, oldest first
+        self.frames_written = self.frames_resized = 0
+        self.segments_written = self.segments_deleted = self.bytes_written = 0
 
     def write(self, frame: Any) -> None:
         img = annotate(frame, self.model, self.rate.update(frame, time.monotonic_ns()))
+        h, w = img.shape[:2]
+        if self.size is None:
+            self.size = (w, h)
+        elif (w, h) != self.size:
+            img = letterbox(img, self.size)
+            self.frames_resized += 1
         if self.writer is None:
-            h, w = img.shape[:2]
-            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
-            if not self.writer.isOpened():
-                raise EdgekitError(f"{self.path}: cannot write video here")
+            self._open_segment()
+        assert self.writer is not None and self._tmp is not None
         self.writer.write(img)
+        self._segment_frames += 1
+        self.frames_written += 1
         _check_disk(self.path)
+        if self.max_bytes and self._segment_bytes_estimate() >= self.max_bytes:
+            self._finish_segment(last=False)
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.release()
+            self._finish_segment(last=True)
+
+    def summary(self) -> Dict[str, Any]:
+        """What the report says about the video (after close())."""
+        return {
+            "files": [dict(s) for s in self._kept],  # {"name", "frames", "bytes"}, oldest first
+            "frames_written": self.frames_written,
+            "frames_resized": self.frames_resized,
+            "frame_size": list(self.size) if self.size else None,
+            "segments_written": self.segments_written,
+            "segments_deleted": self.segments_deleted,
+            "bytes_written": self.bytes_written,
+            "bytes_on_disk": sum(s["bytes"] for s in self._kept),
+            "max_bytes": self.max_bytes,
+            "keep_segments": self.keep_segments,
+        }
+
+    def _open_segment(self) -> None:
+        assert self.size is not None
+        self._tmp = temp_beside(self.path, keep_suffix=True)  # OpenCV picks the container by the extension
+        self.writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter.fourcc(*"mp4v"), self.fps, self.size)
+        if not self.writer.isOpened():
+            self.writer = None
+            self._tmp.unlink()
+            raise EdgekitError(f"{self.path}: cannot write video here")
+        self._segment_frames = self._flushed = self._frames_flushed = 0
+
+    def _segment_bytes_estimate(self) -> float:
+        """The current segment's size if finished now, by the bytes per frame of the last finished segment (before
+        one is finished, of this segment's flushes): its frames times that, or, where more (frames larger than
+        that), the bytes the writer has flushed so far plus that for each frame since."""
+        assert self._tmp is not None
+        on_disk = os.stat(self._tmp).st_size
+        if on_disk > self._flushed:
+            self._flushed, self._frames_flushed = on_disk, self._segment_frames
+        per_frame = self._per_frame or (self._flushed / self._frames_flushed if self._frames_flushed else 0.0)
+        return max(self._segment_frames * per_frame,
+                   self._flushed + (self._segment_frames - self._frames_flushed) * per_frame)
+
+    def _finish_segment(self, last: bool) -> None:
+        assert self.writer is not None and self._tmp is not None
+        writer, tmp, self.writer, self._tmp = self.writer, self._tmp, None, None
+        writer.release()
+        one_file = last and self.segments_written == 0
+        name = self.path.name if one_file else f"{self.path.stem}-{self.segments_written + 1:06d}{self.path.suffix}"
+        final = publish(tmp, self.path.with_name(name))
+        size = final.stat().st_size
+        self.segments_written += 1
+        self.bytes_written += size
+        self._per_frame = size / self._segment_frames
+        self._kept.append({"name": name, "frames": self._segment_frames, "bytes": size})
+        while len(self._kept) > self.keep_segments:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.with_name(self._kept.popleft()["name"]).unlink()
+            self.segments_deleted += 1
 
 
 class JsonlSink:
+    """Per-frame results, one JSON object a line, written as the frames come (never through a link)."""
+
     def __init__(self, path: Path, model: Model) -> None:
         self.model = model
         self.path = path
-        self.f = open(path, "w", encoding="utf-8")  # noqa: SIM115  (open for the whole stream; close() ends it)
+        self.f = open_for_writing(path)
 
     def write(self, frame: Any) -> None:
         self.f.write(json.dumps(result_json(frame, self.model)) + "\n")
