@@ -27,6 +27,14 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     rs.add_argument("--iou-threshold", type=fraction, help="override the card's NMS IoU threshold")
     rs.add_argument("--no-video", action="store_true", help="do not write annotated.mp4")
     rs.add_argument("--no-jsonl", action="store_true", help="do not write results.jsonl")
+    rs.add_argument("--overwrite", action="store_true",
+                    help="replace an --out that holds other files than an earlier run (an earlier run is replaced "
+                         "without it, once the new run's report is written)")
+    rs.add_argument("--video-max-mb", type=positive_int, metavar="MB",
+                    help="start a new annotated-NNNNNN.mp4 segment at this size, keeping the newest --video-segments "
+                         "(default: unlimited for files and image folders, 1024 for live sources)")
+    rs.add_argument("--video-segments", type=positive_int, default=2, metavar="K",
+                    help="finished video segments kept on disk (default 2)")
     rs.add_argument("--show", action="store_true", help="show a window (needs a display)")
     rs.add_argument("--queue-size", type=positive_int, default=4,
                     help="frames each queue holds, at least 1 (default 4): what bounds memory on a live source")
@@ -56,12 +64,15 @@ def run(args: argparse.Namespace) -> int:
         iou_threshold=args.iou_threshold, queue_size=args.queue_size, timeout=args.timeout, reconnect=args.reconnect,
         rtsp_transport=args.rtsp_transport, rtsp_latency_ms=args.rtsp_latency, decoder=args.decoder,
         progress=not args.quiet,
-        power=not args.no_power,
+        power=not args.no_power, overwrite=args.overwrite, video_max_mb=args.video_max_mb,
+        video_segments=args.video_segments,
     )
     r = run_stream(args.engine, args.source, opts)
     print(markdown(r), end="")
     print(f"\nreport: {args.out}/report.json, {args.out}/report.md" +
           (f", plots: {', '.join(r['plots'])}" if r.get("plots") else ""))
-    if r["outputs"]["video"]:
-        print(f"annotated video: {r['outputs']['video']}")
+    video = r["outputs"].get("video_files")
+    if video and video["files"]:
+        names = ", ".join(f"{args.out}/{f['name']}" for f in video["files"])
+        print(f"annotated video: {names} ({video['bytes_on_disk'] / 1e6:.1f} MB)")
     return 0

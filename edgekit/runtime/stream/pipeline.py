@@ -2,20 +2,24 @@
 
 Every frame keeps its index and capture time to the end and gets a monotonic timestamp at each stage
 boundary. Frame accounting is exact: frames_in = processed + dropped, also after Ctrl-C, SIGTERM, a
-source that stops delivering, or a failing stage (in-flight frames are finished, not lost).
+source that stops delivering, or a failing stage (in-flight frames are finished, not lost). A finished
+frame's timings go into constant-memory histograms and the frame is let go: memory stays flat however
+long the stream runs.
 """
 
 import os
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional
 
 import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.runtime.api import Model
+from edgekit.runtime.measure.stats import LatencyHistogram
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.stream.sources import Source
 
@@ -35,6 +39,34 @@ class Frame:
     result: Any = None
     t: Dict[str, int] = field(default_factory=dict)  # "<stage>_start"/"<stage>_end" -> monotonic ns
     device_ms: Optional[float] = None
+    source_name: Optional[str] = None  # the file a frame came from, for image folders
+
+
+class StreamStats:
+    """Latency distributions of the processed frames per stage, per queue wait, end to end and on the device
+    (histograms: exact counts, percentiles within 1%), and the end-to-end latencies of the last `recent`
+    frames for the plots."""
+
+    def __init__(self, recent: int) -> None:
+        self.stages = {s: LatencyHistogram() for s in STAGES}
+        self.queue_waits = {f"{a}->{b}": LatencyHistogram() for a, b in zip(STAGES, STAGES[1:])}
+        self.end_to_end = LatencyHistogram()
+        self.device = LatencyHistogram()
+        self.recent_end_to_end_ms: Deque[float] = deque(maxlen=recent)
+        # (from, to, histogram) of each stage's work and each wait in a queue, as keys of Frame.t
+        self._spans = [(f"{s}_start", f"{s}_end", self.stages[s]) for s in STAGES] + [
+            (f"{a}_end", f"{b}_start", self.queue_waits[f"{a}->{b}"]) for a, b in zip(STAGES, STAGES[1:])]
+
+    def add(self, f: Frame) -> None:
+        """A frame through every stage."""
+        t = f.t
+        for start, end, h in self._spans:
+            h.add((t[end] - t[start]) / 1e6)
+        e2e = (t["sink_end"] - f.t_capture) / 1e6
+        self.end_to_end.add(e2e)
+        self.recent_end_to_end_ms.append(e2e)
+        if f.device_ms is not None:
+            self.device.add(f.device_ms)
 
 
 @dataclass
@@ -46,11 +78,12 @@ class Counters:
 
 class Pipeline:
     """Runs one source through one model (preprocess, infer and decode are the model's calls) into the
-    sinks' `write(frame)`. Collects per-frame timings for the report."""
+    sinks' `write(frame)`. Collects the timings' statistics for the report; the plots show the last
+    `plot_frames` frames."""
 
     def __init__(self, source: Source, model: Model, sinks: List[Any], queue_size: int = 4,
                  max_frames: int = 0, duration_s: float = 0.0,
-                 on_frame: Optional[Callable[["Pipeline", Frame], None]] = None) -> None:
+                 on_frame: Optional[Callable[["Pipeline", Frame], None]] = None, plot_frames: int = 5000) -> None:
         self.source, self.model, self.sinks = source, model, sinks
         self.max_frames, self.duration_s = max_frames, duration_s
         self.on_frame = on_frame
@@ -59,7 +92,7 @@ class Pipeline:
             raise EdgekitError(f"queue_size {queue_size}: each queue holds at least 1 frame")
         self.queues = [queue.Queue(maxsize=queue_size) for _ in STAGES[1:]]
         self.counters = Counters()
-        self.done: List[Frame] = []
+        self.stats = StreamStats(plot_frames)
         self.stop_event = threading.Event()
         self.stop_reason = ""
         self.error: Optional[BaseException] = None
@@ -79,7 +112,8 @@ class Pipeline:
                 except StopIteration:
                     self.stop_reason = self.stop_reason or "end of stream"
                     break
-                f = Frame(self.counters.frames_in, cap.t_capture, cap.frame, cap.truth)
+                f = Frame(self.counters.frames_in, cap.t_capture, cap.frame, cap.truth,
+                          source_name=getattr(cap, "name", None))
                 # capture = reading/decoding the frame (a file) or producing it (synthetic); a camera's
                 # wait for its next frame is not pipeline time.
                 f.t["capture_start"] = cap.t_work if cap.t_work is not None else min(t0, cap.t_capture)
@@ -152,9 +186,9 @@ class Pipeline:
             if qout is not None:
                 self._put_blocking(qout, f, force=True)
             else:
+                self.stats.add(f)  # only this thread writes stats; the report reads them after run()
                 with self._lock:
                     self.counters.processed += 1
-                    self.done.append(f)
                 if self.on_frame is not None:
                     self.on_frame(self, f)
 
@@ -182,8 +216,6 @@ class Pipeline:
     def _sink(self, f: Frame) -> None:
         for s in self.sinks:
             s.write(f)
-        # Keep the timings, not the pixels: memory stays flat however long the stream runs.
-        f.image, f.result, f.truth = None, None, None  # type: ignore[assignment]
 
     # --- run --------------------------------------------------------------------------------
     def stop(self, reason: str) -> None:

@@ -1,32 +1,27 @@
 """The stream report: per stage and end to end latency statistics, throughput, frame accounting and
-queue waits, as JSON (schema-versioned) + Markdown + PNG plots (DESIGN.md section 6)."""
+queue waits, as JSON (schema-versioned) + Markdown + PNG plots (DESIGN.md section 6).
+
+Latencies come from the pipeline's histograms (percentiles within 1%, the rest exact), so a report of a
+week-long stream costs no more memory than one of a minute; the CDF plot shows the last frames only."""
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from edgekit.runtime import registry
 from edgekit.runtime.artifacts import write_json, write_text
 from edgekit.runtime.jetson.power import markdown_lines as power_lines
-from edgekit.runtime.measure.stats import summarize
-from edgekit.runtime.stream.pipeline import STAGES, Frame, Pipeline
+from edgekit.runtime.measure.stats import LatencyHistogram
+from edgekit.runtime.stream.pipeline import Pipeline
+from edgekit.runtime.text import printable
 
 SCHEMA = "edgekit.stream-report/1"
 
 
 def build(p: Pipeline, extra: Dict[str, Any]) -> Dict[str, Any]:
-    frames: List[Frame] = sorted(p.done, key=lambda f: f.index)
+    st = p.stats
     wall_s = max(1e-9, (p.t_end - p.t_start) / 1e9)
-    stages = {}
-    for s in STAGES:
-        stages[s] = summarize([(f.t[f"{s}_end"] - f.t[f"{s}_start"]) / 1e6 for f in frames if f"{s}_end" in f.t])
-    waits = {}
-    for prev, s in zip(STAGES, STAGES[1:]):
-        waits[f"{prev}->{s}"] = summarize([(f.t[f"{s}_start"] - f.t[f"{prev}_end"]) / 1e6 for f in frames
-                                           if f"{s}_start" in f.t and f"{prev}_end" in f.t])
-    e2e = [(f.t["sink_end"] - f.t_capture) / 1e6 for f in frames]
-    device = [f.device_ms for f in frames if f.device_ms is not None]
     c = p.counters
     report = {
         "schema": SCHEMA,
@@ -39,10 +34,13 @@ def build(p: Pipeline, extra: Dict[str, Any]) -> Dict[str, Any]:
         "error": str(p.error) if p.error is not None else None,
         "wall_seconds": wall_s,
         "throughput_fps": c.processed / wall_s,
-        "end_to_end_ms": summarize(e2e),
-        "stages_ms": stages,
-        "queue_wait_ms": waits,
-        "device_ms": summarize(device) if device else None,
+        "end_to_end_ms": st.end_to_end.summary(),
+        "stages_ms": {s: h.summary() for s, h in st.stages.items()},
+        "queue_wait_ms": {q: h.summary() for q, h in st.queue_waits.items()},
+        "device_ms": st.device.summary() if st.device.count else None,
+        "latency_stats": {"method": "log-bucket histogram", "relative_error": LatencyHistogram.RELATIVE_ERROR,
+                          "exact": ["count", "max", "mean", "std", "cv"],
+                          "cdf_plot_frames": len(st.recent_end_to_end_ms)},
     }
     report.update(extra)
     return report
@@ -57,16 +55,26 @@ def markdown(r: Dict[str, Any]) -> str:
 
     fr = r["frames"]
     lines = [
-        f"# Stream report: {r['source']['uri']}",
+        f"# Stream report: {printable(r['source']['uri'])}",
         "",
         f"- engine: {r.get('engine', {}).get('path', '')} ({r.get('engine', {}).get('backend', '')}, "
         f"{r.get('engine', {}).get('precision', '')})",
         f"- frames: {fr['in']} in, {fr['processed']} processed, {fr['dropped']} dropped"
         f"{'' if fr['accounted'] else ' (ACCOUNTING MISMATCH)'}",
         f"- throughput: {r['throughput_fps']:.1f} FPS over {r['wall_seconds']:.1f} s; stopped: {r['stop_reason']}",
+        f"- latency percentiles within {r['latency_stats']['relative_error']:.0%} (log-bucket histogram); "
+        "max, mean and CV exact" + (f"; the CDF plot shows the {_cdf_window(r)}" if _cdf_window(r) else ""),
     ]
     if r.get("error"):
-        lines.append(f"- error: {r['error']}")
+        lines.append(f"- error: {printable(r['error'])}")
+    video = (r.get("outputs") or {}).get("video_files")
+    if video:
+        rotated = (f"; {video['segments_written']} segments of up to {video['max_bytes'] / 1e6:.0f} MB, "
+                   f"{video['segments_deleted']} oldest deleted" if video["segments_written"] > 1 else "")
+        resized = f", {video['frames_resized']} letterboxed to its size" if video["frames_resized"] else ""
+        lines.append(f"- annotated video: {', '.join(f['name'] for f in video['files'])} "
+                     f"({video['bytes_on_disk'] / 1e6:.1f} MB on disk, {video['frames_written']} frames{resized}"
+                     f"{rotated})")
     acc = r.get("accuracy")
     if acc:
         text = registry.task(r["engine"]["task"]).stream_accuracy_text(acc)
@@ -80,10 +88,16 @@ def markdown(r: Dict[str, Any]) -> str:
         lines.append(row("infer (device, CUDA events)", r["device_ms"]))
     for q, st in r["queue_wait_ms"].items():
         lines.append(row(f"queue wait {q}", st))
-    return "\n".join(lines) + "\n"
+    return printable("\n".join(lines) + "\n", multiline=True)  # the URI, error and notes came from outside
 
 
-def plots(frames: List[Frame], r: Dict[str, Any], out: Path) -> Optional[List[Path]]:
+def _cdf_window(r: Dict[str, Any]) -> str:
+    """'last N of M frames' where the CDF plot leaves out the earlier frames, else ''."""
+    shown, processed = r["latency_stats"]["cdf_plot_frames"], r["frames"]["processed"]
+    return f"last {shown} of {processed} frames" if shown < processed else ""
+
+
+def plots(recent_end_to_end_ms: Sequence[float], r: Dict[str, Any], out: Path) -> Optional[List[Path]]:
     """Latency CDF and per-stage breakdown; None where matplotlib is not installed (lean runtime images)."""
     try:
         import matplotlib
@@ -93,7 +107,7 @@ def plots(frames: List[Frame], r: Dict[str, Any], out: Path) -> Optional[List[Pa
     except ImportError:
         return None
     paths = []
-    e2e = np.sort([(f.t["sink_end"] - f.t_capture) / 1e6 for f in frames])
+    e2e = np.sort(np.asarray(recent_end_to_end_ms, np.float64))
     if e2e.size:
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(e2e, np.arange(1, e2e.size + 1) / e2e.size)
@@ -102,7 +116,7 @@ def plots(frames: List[Frame], r: Dict[str, Any], out: Path) -> Optional[List[Pa
             ax.text(np.percentile(e2e, q), 0.02, f"p{q}", rotation=90, fontsize=8)
         ax.set_xlabel("end-to-end latency (ms)")
         ax.set_ylabel("fraction of frames")
-        ax.set_title("Latency CDF")
+        ax.set_title("Latency CDF" + (f" ({_cdf_window(r)})" if _cdf_window(r) else ""))
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out / "latency_cdf.png", dpi=100)
@@ -131,5 +145,5 @@ def write(p: Pipeline, out: Path, extra: Dict[str, Any]) -> Dict[str, Any]:
     r = build(p, extra)
     write_json(out / "report.json", r)
     write_text(out / "report.md", markdown(r))
-    r["plots"] = [str(x) for x in (plots(sorted(p.done, key=lambda f: f.index), r, out) or [])]
+    r["plots"] = [str(x) for x in (plots(p.stats.recent_end_to_end_ms, r, out) or [])]
     return r

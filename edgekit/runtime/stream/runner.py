@@ -14,7 +14,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.runtime.api import Model
-from edgekit.runtime.artifacts import ensure_writable_dir
+from edgekit.runtime.artifacts import RunFolder, run_folder
 from edgekit.runtime.jetson import power
 from edgekit.runtime.manifest import host_environment
 from edgekit.runtime.opening import open_model
@@ -44,6 +44,17 @@ class StreamOptions:
     decoder: Optional[str] = None  # auto | gstreamer | ffmpeg (default: $EDGEKIT_VIDEO_DECODER, else auto)
     progress: bool = True
     power: bool = True  # sample tegrastats on a Jetson
+    overwrite: bool = False  # replace an --out that holds other files than an earlier run
+    video_max_mb: Optional[int] = None  # segment size; None: unlimited for files, DEFAULT_LIVE_VIDEO_MAX_MB live
+    video_segments: int = 2  # finished segments kept besides the one being written
+
+
+# A live source runs for as long as it is left running: its annotated video rotates at this size by default.
+DEFAULT_LIVE_VIDEO_MAX_MB = 1024
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM before the pipeline runs: unwinds like Ctrl-C, so the run's temporary folder is removed."""
 
 
 class TruthSink:
@@ -91,67 +102,109 @@ class Progress:
 
 
 def run_stream(engine: "str | Path", source_uri: str, opts: StreamOptions) -> Dict[str, Any]:
-    engine = Path(engine)
+    """Run the stream into `opts.out`. The run is written into a fresh folder that replaces `opts.out` once
+    its report is written: an earlier run is never mixed with this one, and a run that fails before its
+    report (the model or the source did not open) leaves `opts.out` as it was."""
     if opts.queue_size < 1:  # 0 would make every queue unbounded: memory grows without limit on a live source
         raise EdgekitError(f"queue_size {opts.queue_size}: each queue holds at least 1 frame")
-    out = ensure_writable_dir(opts.out)
-    opened = open_model(engine, pipelined=True, task=opts.task)
-    model = Model(opened, opts.score_threshold, opts.iou_threshold)
-    try:
-        source = open_source(source_uri, loop=opts.loop, timeout_s=opts.timeout, reconnect=opts.reconnect,
-                             rtsp_transport=opts.rtsp_transport, rtsp_latency_ms=opts.rtsp_latency_ms,
-                             decoder=opts.decoder)
-    except BaseException:
-        model.close()
-        raise
-    sinks: List[Any] = []
-    # Score against the source's ground truth only where it names the model's classes (a model of other
-    # classes on synthetic:// runs unscored).
-    scored = source.has_truth and source.truth_names.get(model.task.truth_kind) == list(model.card.classes)
-    truth = TruthSink(model) if scored else None
-    if truth is not None:
-        sinks.append(truth)
-    if opts.save_video:
-        sinks.append(VideoSink(out / "annotated.mp4", model, source.info.fps))
-    if opts.jsonl:
-        sinks.append(JsonlSink(out / "results.jsonl", model))
-    if opts.show:
-        sinks.append(WindowSink(model))
-    progress = Progress(opts.progress)
-    pipeline = Pipeline(source, model, sinks, queue_size=opts.queue_size, max_frames=opts.max_frames,
-                        duration_s=opts.duration, on_frame=progress)
+    run = _Run(Path(engine), source_uri, opts)
     previous = None
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, lambda *_: pipeline.stop("terminated (SIGTERM)"))
-    sampler = power.start_sampler(opts.power)
+        previous = signal.signal(signal.SIGTERM, run.on_sigterm)
     try:
-        pipeline.run()
+        with run_folder(opts.out, opts.overwrite) as folder:
+            return run.run(folder)
     finally:
-        used_power = power.stop_sampler(sampler, pipeline.counters.processed)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        progress.finish()
-        for s in sinks:
-            with contextlib.suppress(OSError):
-                s.close()
-        model.close()
-    card = model.card
-    extra = {
-        "engine": {"path": str(engine), "backend": opened.record.name, "precision": opened.precision,
-                   "model": card.name, "task": card.task},
-        "accuracy": truth.summary() if truth is not None else None,
-        "outputs": {"video": str(out / "annotated.mp4") if opts.save_video else None,
-                    "jsonl": str(out / "results.jsonl") if opts.jsonl else None},
-    }
-    extra["environment"] = host_environment().to_dict()
-    extra["power"] = used_power
-    extra["jetson"] = power.jetson_state()
-    rep = report_mod.write(pipeline, out, extra)
-    if pipeline.error is not None:
-        e = pipeline.error
-        msg = str(e) if isinstance(e, EdgekitError) else _describe(e)
-        raise EdgekitError(f"{msg}; report of the {pipeline.counters.processed} frames processed: {out}/report.json")
-    return rep
+
+
+class _Run:
+    def __init__(self, engine: Path, source_uri: str, opts: StreamOptions) -> None:
+        self.engine, self.source_uri, self.opts = engine, source_uri, opts
+        self.pipeline: Optional[Pipeline] = None
+
+    def on_sigterm(self, *_: Any) -> None:
+        """SIGTERM stops the pipeline like Ctrl-C (frames in flight finished, report written); before the
+        pipeline runs it interrupts the opening, and the new run's folder is removed."""
+        if self.pipeline is not None:
+            self.pipeline.stop("terminated (SIGTERM)")
+        else:
+            raise Terminated("terminated (SIGTERM) before the stream started")
+
+    def run(self, folder: RunFolder) -> Dict[str, Any]:
+        opts, out = self.opts, folder.path
+        opened = open_model(self.engine, pipelined=True, task=opts.task)
+        model = Model(opened, opts.score_threshold, opts.iou_threshold)
+        sinks: List[Any] = []
+        try:
+            source = open_source(self.source_uri, loop=opts.loop, timeout_s=opts.timeout, reconnect=opts.reconnect,
+                                 rtsp_transport=opts.rtsp_transport, rtsp_latency_ms=opts.rtsp_latency_ms,
+                                 decoder=opts.decoder)
+            # Score against the source's ground truth only where it names the model's classes (a model of other
+            # classes on synthetic:// runs unscored).
+            scored = source.has_truth and source.truth_names.get(model.task.truth_kind) == list(model.card.classes)
+            truth = TruthSink(model) if scored else None
+            if truth is not None:
+                sinks.append(truth)
+            video: Optional[VideoSink] = None
+            if opts.save_video:
+                max_mb = opts.video_max_mb if opts.video_max_mb is not None else (
+                    DEFAULT_LIVE_VIDEO_MAX_MB if source.info.live else 0)
+                video = VideoSink(out / "annotated.mp4", model, source.info.fps, max_bytes=max_mb << 20,
+                                  keep_segments=opts.video_segments)
+                sinks.append(video)
+            if opts.jsonl:
+                sinks.append(JsonlSink(out / "results.jsonl", model))
+            if opts.show:
+                sinks.append(WindowSink(model))
+        except BaseException:
+            for s in sinks:
+                with contextlib.suppress(Exception):
+                    s.close()
+            model.close()
+            raise
+        progress = Progress(opts.progress)
+        pipeline = Pipeline(source, model, sinks, queue_size=opts.queue_size, max_frames=opts.max_frames,
+                            duration_s=opts.duration, on_frame=progress)
+        self.pipeline = pipeline
+        if opts.progress:  # the outputs grow there during the run (tail -f results.jsonl)
+            print(f"edgekit: writing to {out}; it becomes {folder.out} when the run ends", file=sys.stderr)
+        sampler = power.start_sampler(opts.power)
+        try:
+            pipeline.run()
+        finally:
+            used_power = power.stop_sampler(sampler, pipeline.counters.processed)
+            progress.finish()
+            for s in sinks:
+                with contextlib.suppress(OSError):
+                    s.close()
+            model.close()
+        card = model.card
+        shown = folder.out  # what the report and messages name: the folder the run ends up in
+        extra = {
+            "engine": {"path": str(self.engine), "backend": opened.record.name, "precision": opened.precision,
+                       "model": card.name, "task": card.task},
+            "accuracy": truth.summary() if truth is not None else None,
+            "outputs": {"folder": str(shown),
+                        "video": str(shown / "annotated.mp4") if video is not None else None,
+                        "video_files": video.summary() if video is not None else None,
+                        "jsonl": str(shown / "results.jsonl") if opts.jsonl else None},
+        }
+        extra["environment"] = host_environment().to_dict()
+        extra["power"] = used_power
+        extra["jetson"] = power.jetson_state()
+        rep = report_mod.write(pipeline, out, extra)
+        folder.commit()
+        rep["plots"] = [str(shown / Path(p).name) for p in rep.get("plots", [])]
+        if pipeline.error is not None:
+            e = pipeline.error
+            msg = str(e) if isinstance(e, EdgekitError) else _describe(e)
+            err = EdgekitError(f"{msg}; report of the {pipeline.counters.processed} frames processed: "
+                               f"{shown}/report.json")
+            err.exit_code = getattr(e, "exit_code", 1)  # type: ignore[attr-defined]  # a failed source stays one
+            raise err
+        return rep
 
 
 def _describe(e: BaseException) -> str:
@@ -159,6 +212,8 @@ def _describe(e: BaseException) -> str:
 
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         return f"disk full ({e.filename or 'output'})"
+    if isinstance(e, OSError) and e.errno == errno.EFBIG:
+        return f"file size limit reached ({e.filename or 'output'})"
     return f"{type(e).__name__}: {e}"
 
 
