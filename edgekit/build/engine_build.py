@@ -1,17 +1,23 @@
 """`edgekit build-engine`: ONNX -> an engine for TensorRT or ONNX Runtime, FP32 / FP16 / INT8, with a
 manifest, written atomically; INT8 calibrated on real images through the card's preprocessing."""
 
+import contextlib
+import numbers
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional
 
 import numpy as np
 
 from edgekit import __version__
 from edgekit.build import describe, onnx_io
+from edgekit.build.export import refuse_overwriting_inputs, write_failure
 from edgekit.errors import EdgekitError
 from edgekit.runtime import calibration, registry
 from edgekit.runtime import manifest as mf
@@ -23,7 +29,6 @@ from edgekit.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.manifest import BackendRecord
 from edgekit.runtime.measure import evaluate
-from edgekit.runtime.preprocess import preprocess
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")
 
@@ -136,6 +141,40 @@ def _is_up_to_date(out: Path, fp: Dict[str, Any]) -> bool:
 
 
 SIDE_FILE_SUFFIX = {TENSORRT_QDQ: "trt-qdq", ONNXRUNTIME_U8S8: "u8s8"}  # ENGINE.<suffix>.onnx
+CALIB_CACHE_SUFFIX = ".calib.cache"  # ENGINE.calib.cache: TensorRT's implicit calibration (DLA)
+
+
+def side_file(out: Path, kind: str) -> Path:
+    return out.with_name(f"{out.name}.{SIDE_FILE_SUFFIX[kind]}.onnx")
+
+
+def output_files(out: Path) -> Dict[str, Path]:
+    """Every file a build at OUT writes or replaces, by what it is."""
+    cache = out.with_name(out.name + CALIB_CACHE_SUFFIX)
+    files = {"the output": out, "its manifest": mf.path_for(out), "its calibration cache": cache,
+             "its calibration cache key": calibration.key_path(cache)}
+    files.update({f"its {suffix} side file": side_file(out, k) for k, suffix in SIDE_FILE_SUFFIX.items()})
+    return files
+
+
+def check_options(onnx_path: Path, out: Path, opts: BuildOptions) -> None:
+    """What is wrong with the options before anything is read or written: a calibration size below 1 (the
+    API's counterpart of the CLI's range check: 0 used to calibrate on synthetic frames instead of the
+    user's), or an output that would replace one of the inputs (-o equal to the ONNX, or a side file or the
+    manifest landing on it)."""
+    size = opts.calib_size
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+        raise EdgekitError(f"--calib-size {size!r}: calibrate on 1 image or more")
+    inputs = {"the input ONNX": onnx_path}
+    if opts.card_file:
+        inputs["the --card file"] = Path(opts.card_file)
+    if opts.calib and Path(opts.calib).is_file():
+        inputs["the --calib video"] = Path(opts.calib)
+    outputs = output_files(out)
+    if opts.timing_cache:  # read and rewritten by design, but never in place of an output
+        refuse_overwriting_inputs(outputs, {"the --timing-cache file": Path(opts.timing_cache)}, str(out))
+        inputs["the --timing-cache file"] = Path(opts.timing_cache)
+    refuse_overwriting_inputs(outputs, inputs, str(out))
 
 
 def check_batch_axis(model: Any, max_batch: int, source: str) -> None:
@@ -165,8 +204,11 @@ def placement_summary(placement: Dict[str, List[str]], dla_core: Optional[int], 
 
 
 def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions) -> BuildReport:
+    """Build an engine at OUT with its manifest and side files, all or nothing: the work happens in a private
+    folder beside OUT, removed on any error (and on SIGTERM where the CLI turns it into an exception)."""
     t0 = time.perf_counter()
     onnx_path, out = Path(onnx_path), Path(out)
+    check_options(onnx_path, out, opts)
     model = onnx_io.load_model(onnx_path)
     check_batch_axis(model, opts.max_batch, str(onnx_path))
     described = describe.card_for(model, str(onnx_path), opts.card_file, opts.card_overrides, opts.layout)
@@ -176,7 +218,9 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
     cls = backend_class(backend)
     precision = resolve_precision(backend, opts.precision, opts)
     ensure_writable_dir(out.parent)
-    calib = calibration.load(opts.calib, opts.calib_size) if precision == "int8" and opts.calib else None
+    # The user's images calibrate INT8 and are what every engine's agreement with FP32 is measured on; only
+    # without --calib does the agreement fall back to synthetic scenes, and the build says so.
+    calib = calibration.load(opts.calib, opts.calib_size) if opts.calib else None
 
     backend_env = cls.environment()
     fp = fingerprint(mf.file_sha256(onnx_path), calib.sha256 if calib else None, card, backend_env, precision, opts)
@@ -196,86 +240,149 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
     sparse = check_onnx(model) if opts.sparsity else None  # sparse kernels only help where the zeros are
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        import onnx
+        built = _build_in(work, model, onnx_path, out, opts, described, fixed, cls, precision, calib, fp, sparse, t0)
+    except Exception as e:  # a write that ran out of room anywhere in the build (ours, onnx's, onnxruntime's)
+        failure = write_failure(e, out, work, onnx_path.stat().st_size)
+        if failure is None:
+            raise
+        raise failure from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    card, seconds, kept, agreement, final_files, placement = built
+    if calib is None:
+        print(f"edgekit: note: no --calib given: agreement with FP32 was measured on {SYNTHETIC_FRAMES} synthetic "
+              "scenes, not on your images", file=sys.stderr)
+    return BuildReport(out, mf.path_for(out), backend, precision, seconds, out.stat().st_size, sorted(kept),
+                       agreement, {k: str(v) for k, v in final_files.items()}, registry.task(card.task).agreement_key,
+                       sparsity=sparse, card=card, card_source=described.source, fixed_input=fixed,
+                       placement=placement, dla_core=opts.dla_core)
 
-        fp32 = work / "fp32.onnx"
+
+def _build_in(work: Path, model: Any, onnx_path: Path, out: Path, opts: BuildOptions, described: Any,
+              fixed: List[str], cls: Any, precision: str, calib: Optional[calibration.CalibrationSet],
+              fp: Dict[str, Any], sparse: Optional[Dict[str, Any]], t0: float) -> "_Done":
+    """The build inside `work`, then every file moved into place."""
+    import onnx
+
+    fp32 = work / "fp32.onnx"
+    onnx.save(model, str(fp32))
+    outputs = describe.run_outputs(fp32, described.card, str(onnx_path), fixed)
+    card = describe.resolve_layout(described, outputs, str(onnx_path))
+    if onnx_io.embedded_card(model, str(onnx_path)) != card:  # carry the card inside from now on
+        onnx_io.set_card(model, card)
         onnx.save(model, str(fp32))
-        outputs = describe.run_outputs(fp32, card, str(onnx_path), fixed)
-        card = describe.resolve_layout(described, outputs, str(onnx_path))
-        if onnx_io.embedded_card(model, str(onnx_path)) != card:  # carry the card inside from now on
-            onnx_io.set_card(model, card)
-            onnx.save(model, str(fp32))
-        frames = calib.frames if calib else _agreement_frames(card)
-        tensors = [preprocess(f, card)[0] for f in frames]
-        files: Dict[str, Path] = {}
-        kept: Dict[str, str] = {}
-        if precision == "int8":
-            from edgekit.build.quantize import quantize
+    # Decoded and preprocessed one frame at a time, on every pass (calibration, agreement): never all held.
+    tensors = calibration.Preprocessed(calib if calib is not None else _agreement_frames(card), card)
+    files: Dict[str, Path] = {}
+    kept: Dict[str, str] = {}
+    if precision == "int8":
+        from edgekit.build.quantize import quantize
 
-            files[TENSORRT_QDQ] = work / "trt-qdq.onnx"
-            if cls.capabilities.int8_file == ONNXRUNTIME_U8S8:
-                files[ONNXRUNTIME_U8S8] = work / "cpu-u8s8.onnx"
-            kept = quantize(fp32, card.input_name, tensors, files[TENSORRT_QDQ], files.get(ONNXRUNTIME_U8S8),
-                            opts.calib_method, opts.keep_fp32)
-        built = cls.build(BuildRequest(
-            fp32, files, work, precision, card.input_size,
-            calib_tensors=tensors if precision == "int8" else None,
-            calib_cache=out.with_name(out.name + ".calib.cache") if precision == "int8" else None,
-            calib_method=opts.calib_method, dla_core=opts.dla_core, workspace_mb=opts.workspace_mb,
-            timing_cache=opts.timing_cache, sparsity=opts.sparsity, max_batch=opts.max_batch,
-            to_fp16_onnx=_to_fp16_onnx,
-        ))
-        if built.record.int8_path == mf.INT8_IMPLICIT:
-            kept = {}  # TensorRT calibrated every layer itself: the Q/DQ file's choices do not apply to this engine
-        reference = reference_outputs(fp32, tensors)
-        with cls.load(built.engine, built.record) as engine:
-            agreement = measure_agreement(card, reference, engine, tensors)
-        if precision == "int8" and cls.capabilities.int8_file != TENSORRT_QDQ:
-            # What the Jetson engine will do, predicted on this CPU: the symmetric Q/DQ file on ONNX Runtime.
-            with OnnxRuntimeBackend(files[TENSORRT_QDQ]) as qdq:
-                agreement["tensorrt_qdq_predicted"] = measure_agreement(card, reference, qdq, tensors)
-        seconds = time.perf_counter() - t0
-        # Final names: the engine at OUT; side files beside it, named after it.
-        final_files = {k: out.with_name(f"{out.name}.{SIDE_FILE_SUFFIX[k]}.onnx")
-                       for k in files if files[k] != built.engine}
-        manifest = mf.Manifest(
-            schema=mf.SCHEMA,
-            edgekit_version=__version__,
-            engine=mf.EngineFile(out.name, mf.file_sha256(built.engine), built.engine.stat().st_size),
-            backend=built.record,
-            environment=mf.host_environment(),
-            precision=precision,
-            onnx=mf.OnnxSource(str(onnx_path), fp["onnx_sha256"]),
-            preprocess_sha256=fp["preprocess_sha256"],
-            io=_io_description(built.io_onnx),
-            int8=None if precision != "int8" else mf.Int8Record(
-                method=opts.calib_method, quantizer=_quantizer(built.record),
-                calibration=mf.CalibrationRecord(calib.source if calib else "", len(tensors),
-                                                 fp["calibration_sha256"]),
-                kept_fp32=sorted(kept), kept_reason=kept, engine_file_is=built.int8_engine_is),
-            files={k: v.name for k, v in final_files.items()},
-            agreement=agreement,
-            build=mf.BuildRecord(round(seconds, 2), time.strftime("%Y-%m-%dT%H:%M:%S%z"), mf.command_line(),
-                                 fp["flags"]),
-            fingerprint=fp,
-            sparsity=sparse,
-            placement=built.placement or None,
-            card=card,
-        )
-        mtmp = work / "manifest.json"
-        mf.write(manifest, mtmp)
-        # Side files first, then the engine, then the manifest: a reader never sees a manifest
-        # that points at files not yet in place.
+        files[TENSORRT_QDQ] = work / "trt-qdq.onnx"
+        if cls.capabilities.int8_file == ONNXRUNTIME_U8S8:
+            files[ONNXRUNTIME_U8S8] = work / "cpu-u8s8.onnx"
+        kept = quantize(fp32, card.input_name, tensors, files[TENSORRT_QDQ], files.get(ONNXRUNTIME_U8S8),
+                        opts.calib_method, opts.keep_fp32)
+    built = cls.build(BuildRequest(
+        fp32, files, work, precision, card.input_size,
+        calib_tensors=tensors if precision == "int8" else None,
+        calib_cache=out.with_name(out.name + CALIB_CACHE_SUFFIX) if precision == "int8" else None,
+        calib_method=opts.calib_method, dla_core=opts.dla_core, workspace_mb=opts.workspace_mb,
+        timing_cache=opts.timing_cache, sparsity=opts.sparsity, max_batch=opts.max_batch,
+        to_fp16_onnx=_to_fp16_onnx,
+    ))
+    if built.record.int8_path == mf.INT8_IMPLICIT:
+        kept = {}  # TensorRT calibrated every layer itself: the Q/DQ file's choices do not apply to this engine
+    # What the Jetson engine will do, predicted on this CPU: the symmetric Q/DQ file on ONNX Runtime.
+    qdq = files[TENSORRT_QDQ] if precision == "int8" and cls.capabilities.int8_file != TENSORRT_QDQ else None
+    with cls.load(built.engine, built.record) as engine, \
+            (OnnxRuntimeBackend(qdq) if qdq else contextlib.nullcontext()) as qdq_engine:
+        measured = measure_agreements(card, fp32, {"engine": engine, "qdq": qdq_engine} if qdq_engine
+                                      else {"engine": engine}, tensors)
+    agreement = measured["engine"]
+    if "qdq" in measured:
+        agreement["tensorrt_qdq_predicted"] = measured["qdq"]
+    agreement["source"] = calib.source if calib is not None else SYNTHETIC_SOURCE
+    seconds = time.perf_counter() - t0
+    # Final names: the engine at OUT; side files beside it, named after it.
+    final_files = {k: side_file(out, k) for k in files if files[k] != built.engine}
+    manifest = mf.Manifest(
+        schema=mf.SCHEMA,
+        edgekit_version=__version__,
+        engine=mf.EngineFile(out.name, mf.file_sha256(built.engine), built.engine.stat().st_size),
+        backend=built.record,
+        environment=mf.host_environment(),
+        precision=precision,
+        onnx=mf.OnnxSource(str(onnx_path), fp["onnx_sha256"]),
+        preprocess_sha256=fp["preprocess_sha256"],
+        io=_io_description(built.io_onnx),
+        int8=None if precision != "int8" else mf.Int8Record(
+            method=opts.calib_method, quantizer=_quantizer(built.record),
+            calibration=_calibration_record(calib), kept_fp32=sorted(kept), kept_reason=kept,
+            engine_file_is=built.int8_engine_is),
+        files={k: v.name for k, v in final_files.items()},
+        agreement=agreement,
+        build=mf.BuildRecord(round(seconds, 2), time.strftime("%Y-%m-%dT%H:%M:%S%z"), mf.command_line(),
+                             fp["flags"]),
+        fingerprint=fp,
+        sparsity=sparse,
+        placement=built.placement or None,
+        card=card,
+    )
+    mtmp = work / "manifest.json"
+    mf.write(manifest, mtmp)
+    with _signals_held():
+        # Side files first, then the engine, then the manifest: a reader never sees a manifest that points at
+        # files not yet in place. Then the side files this build did not write (an INT8 build's Q/DQ file
+        # beside what is now an FP32 engine): no manifest names them any more.
         for k, dest in final_files.items():
             files[k].replace(dest)
         built.engine.replace(out)
         mtmp.replace(mf.path_for(out))
+        for k in SIDE_FILE_SUFFIX:
+            if k not in final_files:
+                with contextlib.suppress(FileNotFoundError):
+                    side_file(out, k).unlink()
+    return _Done(card, seconds, kept, agreement, final_files, built.placement)
+
+
+class _Done(NamedTuple):
+    card: ModelCard
+    seconds: float
+    kept: Dict[str, str]
+    agreement: Dict[str, Any]
+    final_files: Dict[str, Path]
+    placement: Dict[str, List[str]]
+
+
+def _calibration_record(calib: Optional[calibration.CalibrationSet]) -> mf.CalibrationRecord:
+    """Where an INT8 engine's calibration came from: always the user's --calib (INT8 without it is refused)."""
+    if calib is None:
+        raise EdgekitError("INT8 needs calibration images: pass --calib IMAGE_FOLDER_OR_VIDEO")
+    return mf.CalibrationRecord(calib.source, len(calib), calib.sha256)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGTERM and SIGINT arriving while the finished files are moved into place take effect once they all
+    are (a signal halfway would leave a new engine beside an old manifest)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: List[signal.Signals] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, _frame: caught.append(signal.Signals(signum))) for s in held}
+    try:
+        yield
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return BuildReport(out, mf.path_for(out), backend, precision, seconds, out.stat().st_size, sorted(kept),
-                       agreement, {k: str(v) for k, v in final_files.items()}, registry.task(card.task).agreement_key,
-                       sparsity=sparse, card=card, card_source=described.source, fixed_input=fixed,
-                       placement=built.placement, dla_core=opts.dla_core)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if caught:
+            handler = previous[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)  # raises KeyboardInterrupt, or the CLI's Terminated
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(caught[0])
 
 
 def _quantizer(record: BackendRecord) -> str:
@@ -295,11 +402,16 @@ def _to_fp16_onnx(src: Path, dst: Path) -> Path:
     return dst
 
 
+SYNTHETIC_FRAMES = 16
+SYNTHETIC_SOURCE = f"{SYNTHETIC_FRAMES} synthetic scenes (edgekit's generator; no --calib given)"
+
+
 def _agreement_frames(card: ModelCard) -> List[np.ndarray]:
+    """Synthetic scenes for the agreement measurement where the user gave no images (16 small frames)."""
     from edgekit.runtime.data.synth import render_image
 
     h, w = card.input_size
-    return [render_image(4242, i, (max(w, 64), max(h, 64))).image for i in range(16)]
+    return [render_image(4242, i, (max(w, 64), max(h, 64))).image for i in range(SYNTHETIC_FRAMES)]
 
 
 def _io_description(onnx_file: Path) -> mf.IODescription:
@@ -313,22 +425,45 @@ def _io_description(onnx_file: Path) -> mf.IODescription:
     return mf.IODescription(desc(inputs), desc(outputs))
 
 
-def reference_outputs(fp32: Path, tensors: List[np.ndarray]) -> List[Dict[str, np.ndarray]]:
-    """FP32 ONNX Runtime outputs on the agreement frames: the yardstick every built file is held to."""
-    with OnnxRuntimeBackend(fp32) as ref:
-        return [ref.infer([x]) for x in tensors]
+class AgreementMeter:
+    """How closely an engine follows FP32, frame by frame: the largest output difference and the task's
+    agreement measure (detections matched, pixels given the same class, ...). Holds one number per frame."""
 
+    def __init__(self, card: ModelCard) -> None:
+        self.card, self.max_abs = card, 0.0
+        self.scores: List[float] = []
 
-def measure_agreement(card: ModelCard, reference: List[Dict[str, np.ndarray]], engine: Backend,
-                      tensors: List[np.ndarray]) -> Dict[str, Any]:
-    """How closely an engine follows FP32 on the same preprocessed frames: the largest output difference
-    and the task's agreement measure (detections matched, pixels given the same class, ...)."""
-    max_abs, scores = 0.0, []
-    for x, ref in zip(tensors, reference):
-        got = engine.infer([x])
+    def add(self, ref: Dict[str, np.ndarray], got: Dict[str, np.ndarray]) -> None:
         for name, r in ref.items():
             if r.shape == got[name].shape:  # outputs of varying length (NMS in the graph) compare decoded only
-                max_abs = max(max_abs, float(np.abs(r - got[name].astype(np.float32)).max()))
-        scores.append(evaluate.agreement(card, ref, got))
-    return {"frames": len(tensors), "max_abs_diff": round(max_abs, 5),
-            registry.task(card.task).agreement_key: round(float(np.mean(scores)), 4)}
+                self.max_abs = max(self.max_abs, float(np.abs(r - got[name].astype(np.float32)).max()))
+        self.scores.append(evaluate.agreement(self.card, ref, got))
+
+    def result(self) -> Dict[str, Any]:
+        return {"frames": len(self.scores), "max_abs_diff": round(self.max_abs, 5),
+                registry.task(self.card.task).agreement_key: round(float(np.mean(self.scores)), 4)}
+
+
+def measure_agreements(card: ModelCard, fp32: Path, engines: Dict[str, Backend],
+                       tensors: Iterable[np.ndarray]) -> Dict[str, Dict[str, Any]]:
+    """Each engine against the FP32 ONNX on ONNX Runtime, in one pass over the frames (they may be thousands of
+    calibration images): one burst of frames and of their FP32 outputs held at a time, each session run over
+    the whole burst in turn (calibration.BURST says why)."""
+    meters = {k: AgreementMeter(card) for k in engines}
+    with OnnxRuntimeBackend(fp32) as ref:
+        for chunk in calibration.bursts(tensors):
+            expected = [ref.infer([x]) for x in chunk]
+            for k, engine in engines.items():
+                for x, r in zip(chunk, expected):
+                    meters[k].add(r, engine.infer([x]))
+    return {k: m.result() for k, m in meters.items()}
+
+
+def measure_agreement(card: ModelCard, reference: Iterable[Dict[str, np.ndarray]], engine: Backend,
+                      tensors: Iterable[np.ndarray]) -> Dict[str, Any]:
+    """How closely an engine follows given reference outputs on the same preprocessed frames (read in step,
+    one at a time)."""
+    meter = AgreementMeter(card)
+    for x, ref in zip(tensors, reference):
+        meter.add(ref, engine.infer([x]))
+    return meter.result()

@@ -1,10 +1,12 @@
 """`edgekit export`: checkpoint -> ONNX (opset 17 by default), simplified, card embedded, parity-checked."""
 
+import errno
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
@@ -38,6 +40,76 @@ class ExportReport:
 
 
 MIN_DECODED_AGREEMENT = 0.98
+
+
+# What a write that ran out of room says, by errno (the message of a failed write from native code, such as
+# onnxruntime's, carries only the text).
+_OUT_OF_ROOM = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
+                errno.EFBIG: "file size limit reached"}
+
+
+class OutOfRoom(EdgekitError):
+    """A write failed for want of room: `what` ("disk full", ...) while writing `target`."""
+
+    def __init__(self, what: str, target: Path) -> None:
+        super().__init__(f"{what} while writing {target}; nothing was written")
+        self.what, self.target = what, target
+
+
+def write_failure(e: BaseException, target: Path, folder: Optional[Path] = None,
+                  needed: int = 0) -> Optional[EdgekitError]:
+    """The one-line error for a write that failed for want of room (full disk, quota, RLIMIT_FSIZE /
+    `ulimit -f`), naming what was being written; None for any other failure. The callers write through a
+    temporary name and remove it, so the message can say that nothing was written.
+
+    Some native writers fail silently and leave a truncated file that a later step cannot parse (onnx's
+    infer_shapes_path, which onnxruntime's quantizer calls): for those, pass the folder being written (before
+    it is removed) and the size of file the build writes; the failure is put down to a lack of room where
+    less than that is left there, or where the file size limit is below it."""
+    if isinstance(e, OutOfRoom):  # found deeper down, named after what the caller writes
+        return OutOfRoom(e.what, target)
+    if isinstance(e, EdgekitError):
+        return None
+    what = _OUT_OF_ROOM.get(e.errno) if isinstance(e, OSError) and e.errno is not None else None
+    if what is None and not isinstance(e, OSError):
+        text = str(e)
+        what = next((v for k, v in _OUT_OF_ROOM.items() if os.strerror(k) in text), None)
+    if what is None and folder is not None and needed > 0:
+        what = _short_of_room(folder, needed)
+    return None if what is None else OutOfRoom(what, target)
+
+
+def _short_of_room(folder: Path, needed: int) -> Optional[str]:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        return _OUT_OF_ROOM[errno.EFBIG]
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return _OUT_OF_ROOM[errno.ENOSPC] if st.f_bavail * st.f_frsize < needed else None
+
+
+def refuse_overwriting_inputs(outputs: Mapping[str, Path], inputs: Mapping[str, Path], out_flag: str) -> None:
+    """One line where a file a verb writes (`outputs`: what it is -> path) is one of the files it reads
+    (`inputs`): `-o` equal to the input would replace the source with the result (issue 15, item 13)."""
+    for what_in, src in inputs.items():
+        for what_out, dst in outputs.items():
+            if _same_file(src, dst):
+                where = "" if what_out == "the output" else f": {what_out} {dst}"
+                raise EdgekitError(f"-o {out_flag}{where} would replace {what_in} {src}; choose another -o")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same file on disk (links included), or the same resolved path."""
+    try:
+        if os.path.samefile(a, b):
+            return True
+    except OSError:  # one of them does not exist (yet)
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def parity_frames(card: ModelCard, images: Optional[Path], count: int = 8) -> List[np.ndarray]:
@@ -102,12 +174,14 @@ def export(
     atol: float = 1e-3,
     rtol: float = 1e-3,
 ) -> ExportReport:
-    import onnx
     import torch
 
     from edgekit.build.models import checkpoint, sources
 
     t0 = time.perf_counter()
+    weights, card_file = checkpoint.resolve(checkpoint_path)
+    refuse_overwriting_inputs({"the output": Path(out)}, {"the checkpoint": weights, "its model card": card_file},
+                              str(out))
     model, card = checkpoint.load(checkpoint_path)
     if not 13 <= opset <= 21:
         raise EdgekitError(f"--opset {opset}: edgekit exports opsets 13 to 21 (TensorRT 8.5 parses up to 17)")
@@ -119,6 +193,28 @@ def export(
     out = Path(out)
     frames = parity_frames(card, parity_images)
     inputs = parity_inputs(card, frames)
+    try:
+        proto, nodes_before, parity, decoded = _export_checked(model, card, example, names, out, opset, dynamic_batch,
+                                                               simplify, inputs, atol, rtol)
+    except (OSError, RuntimeError) as e:  # torch and onnx write with Python's file objects: OSError carries errno
+        failure = write_failure(e, out)
+        if failure is None:
+            raise
+        raise failure from None
+    source = str(parity_images) if parity_images else "synthetic scenes"
+    return ExportReport(out, opset, time.perf_counter() - t0, nodes_before, len(proto.graph.node), parity,
+                        f"2 random + {len(frames)} real frames ({source})", decoded)
+
+
+def _export_checked(model: Any, card: ModelCard, example: Any, names: List[str], out: Path, opset: int,
+                    dynamic_batch: int, simplify: bool, inputs: List[np.ndarray], atol: float,
+                    rtol: float) -> "tuple[Any, int, List[Parity], Optional[tuple[str, float]]]":
+    """Export to a temporary file beside `out`, check it, and move it into place only when it passes."""
+    import onnx
+    import torch
+
+    from edgekit.build.models import sources
+
     with atomic_path(out) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice (see below)
@@ -172,9 +268,7 @@ def export(
                 f"{out}: ONNX Runtime output '{p.output}' differs from PyTorch by up to {p.max_abs:.3g} "
                 f"(tolerance {atol:g} + {rtol:g}*|x|); not written"
             )
-    source = str(parity_images) if parity_images else "synthetic scenes"
-    return ExportReport(out, opset, time.perf_counter() - t0, nodes_before, len(proto.graph.node), parity,
-                        f"2 random + {len(frames)} real frames ({source})", decoded)
+    return proto, nodes_before, parity, decoded
 
 
 def decoded_parity(card: ModelCard, reference: Dict[str, List[np.ndarray]], other: Dict[str, List[np.ndarray]],

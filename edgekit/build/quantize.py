@@ -10,11 +10,12 @@ import io
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Set
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.runtime.calibration import bursts
 
 METHODS = ("minmax", "entropy", "percentile")
 
@@ -68,25 +69,34 @@ class _QuietPreprocessHint(logging.Filter):
 
 
 class _Reader:
-    """onnxruntime.quantization CalibrationDataReader over preprocessed tensors."""
+    """onnxruntime.quantization CalibrationDataReader over preprocessed tensors, read from a re-iterable source
+    (a calibration.Preprocessed set decodes frames as they are asked for) a burst at a time (see
+    calibration.BURST), at most `limit` of them per pass where a limit is given (a chunk); rewind starts over."""
 
-    def __init__(self, input_name: str, tensors: Sequence[np.ndarray]) -> None:
-        self.input_name, self.tensors, self.i = input_name, list(tensors), 0
+    def __init__(self, input_name: str, tensors: Iterable[np.ndarray], limit: Optional[int] = None) -> None:
+        self.input_name, self.tensors, self.limit = input_name, tensors, limit
+        self.rewind()
 
     def get_next(self) -> Optional[Dict[str, np.ndarray]]:
-        if self.i >= len(self.tensors):
+        if self.limit is not None and self.given >= self.limit:
             return None
-        self.i += 1
-        return {self.input_name: self.tensors[self.i - 1]}
+        if not self.ready:
+            self.ready = next(self.chunks, [])[::-1]
+            if not self.ready:
+                return None
+        self.given += 1
+        return {self.input_name: self.ready.pop()}
 
     def rewind(self) -> None:
-        self.i = 0
+        self.chunks: Iterator[List[np.ndarray]] = bursts(self.tensors)
+        self.ready: List[np.ndarray] = []
+        self.given = 0
 
 
 def quantize(
     fp32_path: Path,
     input_name: str,
-    tensors: Sequence[np.ndarray],
+    tensors: Iterable[np.ndarray],
     trt_out: Path,
     cpu_out: Optional[Path],
     method: str = "minmax",
@@ -94,6 +104,7 @@ def quantize(
 ) -> Dict[str, str]:
     """Write the TensorRT-style symmetric Q/DQ file and (unless cpu_out is None) the U8S8 CPU file.
 
+    `tensors` is iterated more than once (two passes for the histogram methods) and never held whole.
     Returns the nodes left in floating point, each with the reason."""
     import onnx
 
@@ -146,16 +157,125 @@ CALIBRATOR_OPTIONS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def calibrate(fp32_path: Path, input_name: str, tensors: Sequence[np.ndarray], method: str, work: Path) -> Path:
-    """Activation ranges of every tensor, computed once and saved where quantize_static reads them."""
+# MinMax ranges are merged chunk by chunk (onnxruntime's collect_data keeps every image's ReduceMin/ReduceMax
+# outputs until it returns, then merges them into its running range: min of mins, max of maxes, exact).
+# Its own max_intermediate_outputs option is not used: onnxruntime 1.32 drops the outputs collected so far
+# when the count is reached, without merging them.
+MINMAX_CHUNK = 64
+
+
+def calibrate(fp32_path: Path, input_name: str, tensors: Iterable[np.ndarray], method: str, work: Path,
+              chunk: int = MINMAX_CHUNK) -> Path:
+    """Activation ranges of every tensor, computed once and saved where quantize_static reads them. Memory is
+    flat in the number of images: one image's activations at a time (see MINMAX_CHUNK, histograms)."""
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
-    calibrator = create_calibrator(fp32_path, None, augmented_model_path=str(work / "augmented.onnx"),
-                                   calibrate_method=_method_enum()[method], extra_options=CALIBRATOR_OPTIONS[method])
-    calibrator.collect_data(_Reader(input_name, tensors))
+    calibrator: Any = create_calibrator(fp32_path, None, augmented_model_path=str(work / "augmented.onnx"),
+                                        calibrate_method=_method_enum()[method],
+                                        extra_options=CALIBRATOR_OPTIONS[method])
+    if method == "minmax":
+        reader = _Reader(input_name, tensors, limit=chunk)
+        while True:
+            calibrator.collect_data(reader)  # one chunk: its ranges merged into the calibrator's
+            if reader.given < chunk:
+                break
+            reader.given = 0  # the next chunk, from where the iterator stands
+        data = calibrator.compute_data()
+    else:
+        calibrator.collector = histograms(calibrator, input_name, tensors)
+        data = calibrator.compute_data()
     ranges = work / "ranges.json"
-    save_tensors_data(calibrator.compute_data(), ranges)
+    save_tensors_data(data, ranges)
     return ranges
+
+
+def histograms(calibrator: Any, input_name: str, tensors: Iterable[np.ndarray]) -> Any:
+    """The HistogramCollector that onnxruntime's HistogramCalibrater.collect_data makes, with one image's activations
+    held at a time instead of every image's (it keeps all of them, then stacks them into one more copy).
+
+    Its histograms span the range of all the data (2048 bins over [-max|x|, max|x|] for entropy; over
+    [min|x|, max|x|] of the absolute values for the symmetric percentile), which one pass cannot know in
+    advance; collecting chunk by chunk instead widens the first chunk's histogram bin by bin, so the bin count
+    (and the entropy search's time) would grow with how the data is ordered. So two passes: the ranges, then
+    the counts in those fixed bins, summed image by image; a histogram is additive over a fixed binning, so
+    the thresholds come out identical (tests/test_build_reliability.py compares them with onnxruntime's own).
+    onnxruntime then computes the thresholds from it (compute_data)."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    session = calibrator.infer_session
+    names = [o.name for o in session.get_outputs()]
+    wanted = [n for n in names if n in calibrator.tensors_to_calibrate]
+    absolute = calibrator.method == "percentile" and calibrator.symmetric  # collect_absolute_value
+    lo: Dict[str, Any] = {}
+    hi: Dict[str, Any] = {}
+    alo: Dict[str, Any] = {}
+    ahi: Dict[str, Any] = {}
+    dtypes: Dict[str, Any] = {}
+    seen = False
+    for x in _one_by_one(tensors):  # pass 1: each tensor's range over all images
+        seen = True
+        for name, y in _outputs(session, names, wanted, input_name, x):
+            dtypes[name] = y.dtype
+            if not y.size:
+                continue
+            _fold(lo, hi, name, np.nanmin(y), np.nanmax(y))
+            if absolute:  # onnxruntime's np.histogram(|x|) takes its range from min() and max()
+                a = np.absolute(y)
+                _fold(alo, ahi, name, a.min(), a.max())
+    if not seen:
+        raise EdgekitError("calibration needs at least one image")
+    histograms: Dict[str, Tuple[Any, ...]] = {}
+    edges: Dict[str, Tuple[Any, Any]] = {}
+    for name in wanted:
+        dtype = dtypes[name]
+        low, high = lo.get(name, np.array(0, dtype)), hi.get(name, np.array(0, dtype))
+        if absolute:
+            edges[name] = (alo.get(name, np.array(0, dtype)), ahi.get(name, np.array(0, dtype)))
+        else:
+            threshold = np.array(max(abs(low), abs(high)), dtype=dtype)
+            edges[name] = (-threshold, threshold)
+        histograms[name] = (low, high)
+    counts: Dict[str, Any] = {}
+    bin_edges: Dict[str, Any] = {}
+    for x in _one_by_one(tensors):  # pass 2: counts in the fixed bins
+        for name, y in _outputs(session, names, wanted, input_name, x):
+            flat = np.absolute(y.ravel()) if absolute else y.ravel()
+            hist, bin_edges[name] = np.histogram(flat, calibrator.num_bins, range=edges[name])
+            counts[name] = hist if name not in counts else counts[name] + hist
+    collector = HistogramCollector(method=calibrator.method, symmetric=calibrator.symmetric,
+                                   num_bins=calibrator.num_bins, num_quantized_bins=calibrator.num_quantized_bins,
+                                   percentile=calibrator.percentile, scenario=calibrator.scenario)
+    for name in wanted:
+        low, high = histograms[name]
+        if name not in counts:  # empty outputs on every image
+            counts[name], bin_edges[name] = np.histogram(np.zeros(0, dtypes[name]), calibrator.num_bins,
+                                                         range=edges[name])
+        if absolute:  # the layout of HistogramCollector.collect_absolute_value
+            collector.histogram_dict[name] = (counts[name], bin_edges[name].astype(dtypes[name]), low, high)
+        else:  # of collect_value
+            collector.histogram_dict[name] = (counts[name], bin_edges[name], low, high, edges[name][1])
+    return collector
+
+
+def _one_by_one(tensors: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """The tensors, each burst read before any of it is run (calibration.BURST)."""
+    for chunk in bursts(tensors):
+        yield from chunk
+
+
+def _outputs(session: Any, names: List[str], wanted: List[str], input_name: str,
+             x: np.ndarray) -> Iterator[Tuple[str, np.ndarray]]:
+    """The calibrated tensors of one image (the augmented model's outputs)."""
+    keep = set(wanted)
+    for name, y in zip(names, session.run(None, {input_name: x})):
+        if name in keep:
+            yield name, np.asarray(y)
+
+
+def _fold(lo: Dict[str, Any], hi: Dict[str, Any], name: str, low: Any, high: Any) -> None:
+    """Running min and max in the arrays' own dtype, NaN ignored (as np.nanmin over all the data)."""
+    lo[name] = low if name not in lo else np.fmin(lo[name], low)
+    hi[name] = high if name not in hi else np.fmax(hi[name], high)
 
 
 def _method_enum() -> Dict[str, Any]:
@@ -165,22 +285,40 @@ def _method_enum() -> Dict[str, Any]:
             "percentile": CalibrationMethod.Percentile}
 
 
-def _quantize_both(fp32_path: Path, input_name: str, tensors: Sequence[np.ndarray], trt_out: Path,
+def _quantize_both(fp32_path: Path, input_name: str, tensors: Iterable[np.ndarray], trt_out: Path,
                    cpu_out: Optional[Path], method: str, kept: Dict[str, str]) -> None:
     """One calibration, then both files quantized from the same activation ranges."""
+    # Scratch files beside the outputs (the build's private folder): a full disk names the output's disk, and
+    # whatever removes that folder (an error, SIGTERM) removes these too.
+    with tempfile.TemporaryDirectory(prefix="calib-", dir=trt_out.parent) as tmp:
+        try:
+            _calibrate_and_quantize(fp32_path, input_name, tensors, trt_out, cpu_out, method, kept, Path(tmp))
+        except Exception as e:
+            # Judged before the scratch files go: onnx's shape inference (inside quantize_static) writes its copy
+            # of the model from native code and fails silently on a full disk, which shows up later as a parse
+            # error; while the scratch files still fill the disk, the lack of room can be seen.
+            from edgekit.build.export import write_failure
+
+            failure = write_failure(e, trt_out, trt_out.parent, fp32_path.stat().st_size)
+            if failure is None:
+                raise
+            raise failure from None
+
+
+def _calibrate_and_quantize(fp32_path: Path, input_name: str, tensors: Iterable[np.ndarray], trt_out: Path,
+                            cpu_out: Optional[Path], method: str, kept: Dict[str, str], tmp: Path) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    with tempfile.TemporaryDirectory(prefix="edgekit-calib-") as tmp:
-        ranges = calibrate(fp32_path, input_name, tensors, method, Path(tmp))
-        common: Dict[str, Any] = dict(quant_format=QuantFormat.QDQ, per_channel=True,
-                                      calibrate_method=_method_enum()[method], nodes_to_exclude=sorted(kept),
-                                      calibration_cache_path=str(ranges))
-        # TensorRT: int8 activations and weights, zero point 0 everywhere, biases left in float.
-        quantize_static(str(fp32_path), str(trt_out), None, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8,
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
-                        **common)
-        if cpu_out is not None:
-            # ONNX Runtime CPU: uint8 asymmetric activations with int8 per-channel weights (U8S8).
-            quantize_static(str(fp32_path), str(cpu_out), None, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, **common)
+    ranges = calibrate(fp32_path, input_name, tensors, method, tmp)
+    common: Dict[str, Any] = dict(quant_format=QuantFormat.QDQ, per_channel=True,
+                                  calibrate_method=_method_enum()[method], nodes_to_exclude=sorted(kept),
+                                  calibration_cache_path=str(ranges))
+    # TensorRT: int8 activations and weights, zero point 0 everywhere, biases left in float.
+    quantize_static(str(fp32_path), str(trt_out), None, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+                    **common)
+    if cpu_out is not None:
+        # ONNX Runtime CPU: uint8 asymmetric activations with int8 per-channel weights (U8S8).
+        quantize_static(str(fp32_path), str(cpu_out), None, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, **common)

@@ -1,7 +1,11 @@
 """`edgekit build-engine`: an engine for TensorRT or ONNX Runtime (FP32/FP16/INT8) with a manifest."""
 
 import argparse
-from typing import List
+import contextlib
+import signal
+import sys
+import threading
+from typing import Any, Iterator, List
 
 from edgekit.cli.common import (
     BACKEND_OR_AUTO,
@@ -45,6 +49,37 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     return be
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that every `finally` and `except BaseException` runs: the
+    temporary folders and files beside the outputs are removed as on Ctrl-C. Exit status 128 + 15."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM raises Terminated; a second SIGTERM does not cut the cleanup short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(_signum: int, _frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def terminated(e: Terminated) -> int:
+    """Say in one line that SIGTERM ended the verb (its cleanup has run) and give the exit status, 143."""
+    print("edgekit: terminated (SIGTERM); temporary files removed", file=sys.stderr)
+    return e.exit_code
+
+
 def run(args: argparse.Namespace) -> int:
     from edgekit.build.engine_build import BuildOptions, build_engine, placement_summary
 
@@ -55,7 +90,11 @@ def run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch, if_stale=args.if_stale, card_file=args.card, card_overrides=card_overrides(args),
         layout=args.layout,
     )
-    rep = build_engine(args.model, args.out, opts)
+    try:
+        with sigterm_raises():
+            rep = build_engine(args.model, args.out, opts)
+    except Terminated as e:
+        return terminated(e)
     if rep.up_to_date:
         print(f"{rep.engine} is up to date (inputs and environment unchanged); nothing rebuilt")
         return 0
@@ -82,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
                                       "--sparsity 2:4)"))
     a = rep.agreement
     key = rep.agreement_key
-    print(f"agreement with FP32 on {a['frames']} frames: {key} {a[key]:.4f}, max abs output diff {a['max_abs_diff']}")
+    print(f"agreement with FP32 on {a.get('source') or str(a['frames']) + ' frames'}: {key} {a[key]:.4f}, "
+          f"max abs output diff {a['max_abs_diff']}")
     if "tensorrt_qdq_predicted" in a:
         t = a["tensorrt_qdq_predicted"]
         print(f"TensorRT Q/DQ file on this CPU (predicts the Jetson INT8 engine): {key} {t[key]:.4f}, "

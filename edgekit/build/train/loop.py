@@ -17,7 +17,7 @@ from edgekit.build.train.augment import augment
 from edgekit.build.train.logs import EpochLog, diagnose, plot_curves
 from edgekit.build.train.objectives import objective
 from edgekit.errors import EdgekitError
-from edgekit.runtime.artifacts import ensure_writable_dir, write_json, write_text
+from edgekit.runtime.artifacts import atomic_path, ensure_writable_dir, write_json, write_text
 from edgekit.runtime.card import ModelCard, _yaml
 from edgekit.runtime.data import datasets
 from edgekit.runtime.measure.evaluate import Scorer, primary_metric, truth_of
@@ -167,6 +167,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Dict[str, Any]:
     state_path = run_dir / "last.pt"
     if resume and not state_path.is_file():
         raise EdgekitError(f"{state_path}: nothing to resume (no last.pt in the run folder)")
+    state = load_resume_state(state_path, cfg.device) if resume else {}  # refused before any other work
     if not resume and (run_dir / "best.safetensors").exists():
         raise EdgekitError(f"{run_dir}: holds a finished run; choose another --out or --resume it")
     torch.manual_seed(cfg.seed)
@@ -230,10 +231,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> Dict[str, Any]:
     metric = primary_metric(cfg.task)
     start_epoch, best, best_epoch, train_seconds = 1, -1.0, 0, 0.0
     if resume:
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:  # torch's size/key mismatch messages
+            raise EdgekitError(f"{state_path}: does not fit this run's model and optimizer "
+                               f"({_printable(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)})"
+                               ) from None
         start_epoch, best, best_epoch = int(state["epoch"]) + 1, float(state["best"]), int(state["best_epoch"])
         train_seconds = float(state.get("train_seconds", 0.0))
     log = EpochLog(run_dir, resume)
@@ -285,9 +290,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Dict[str, Any]:
                 checkpoint.save(model, card, run_dir / "best")
             _say(f"epoch {epoch}: train loss {row['train_loss']:.4f}  val loss {val['loss']:.4f}  "
                  f"val {metric} {val[metric]:.4f}{'  (best)' if improved else ''}")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "epoch": epoch, "best": best, "best_epoch": best_epoch, "train_seconds": train_seconds},
-                       state_path)
+            with atomic_path(state_path) as tmp:  # an interrupted save leaves the previous last.pt, never half of one
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
+                            "train_seconds": train_seconds}, tmp)
             if epoch - best_epoch >= cfg.patience:
                 stopped_early = True
                 _say(f"early stop: val {metric} has not improved for {cfg.patience} epochs")
@@ -381,15 +387,94 @@ def _config_dict(cfg: TrainConfig) -> Dict[str, Any]:
 
 
 def config_from_file(path: Path) -> TrainConfig:
+    """A run's config.yaml as train wrote it: plain YAML (no tags: `!!python/object` and friends are refused,
+    never constructed), a mapping of TrainConfig's keys, each value of its field's type; anything else is one
+    line saying the file is not a valid edgekit resume config."""
     if not path.is_file():
         raise EdgekitError(f"{path.parent}: nothing to resume (no config.yaml in the run folder)")
-    d = _yaml().safe_load(path.read_text())
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(d) - names
+    yaml = _yaml()
+    invalid = f"{path}: not a valid edgekit resume config"
+    try:
+        d = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.constructor.ConstructorError as e:
+        raise EdgekitError(f"{invalid} (it holds a YAML tag edgekit does not load: {_printable(str(e.problem))})"
+                           ) from None
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise EdgekitError(f"{invalid} (not valid YAML: {_printable(str(problem))})") from None
+    except (UnicodeDecodeError, RecursionError):
+        raise EdgekitError(f"{invalid} (not UTF-8 text, or nested too deeply)") from None
+    except OSError as e:
+        raise EdgekitError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if not isinstance(d, dict):
+        raise EdgekitError(f"{invalid} (expected a mapping of training settings, got {type(d).__name__})")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(str(k) for k in d if k not in fields)
     if unknown:
-        raise EdgekitError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
-    d["imgsz"] = tuple(d["imgsz"])
+        raise EdgekitError(f"{invalid} (unknown key(s) {_printable(', '.join(unknown))})")
+    missing = [k for k, f in fields.items() if f.default is dataclasses.MISSING and k not in d]
+    if missing:
+        raise EdgekitError(f"{invalid} (missing {', '.join(missing)})")
+    for key, value in d.items():
+        if not _fits(fields[key], value):
+            raise EdgekitError(f"{invalid} ({key}: {_printable(repr(value))} is not a {_kind(fields[key])})")
+    d["imgsz"] = tuple(d.get("imgsz", TrainConfig.imgsz))
     return TrainConfig(**d)
+
+
+def _kind(f: "dataclasses.Field[Any]") -> str:
+    default = f.default
+    if isinstance(default, bool):
+        return "true/false"
+    if isinstance(default, (int, float)):
+        return "number"
+    if isinstance(default, tuple):
+        return "[height, width] pair of whole numbers"
+    return "string"
+
+
+def _fits(f: "dataclasses.Field[Any]", value: Any) -> bool:
+    """Whether a config value has the type its TrainConfig field takes (fields without a default are strings)."""
+    default = f.default
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(default, tuple):
+        return (isinstance(value, list) and len(value) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+    return isinstance(value, str)
+
+
+def load_resume_state(path: Path, device: str) -> Dict[str, Any]:
+    """last.pt as train writes it: tensors, numbers and dicts only (torch.load weights_only). A file holding
+    pickled objects is refused without advice to load it unsafely (torch's own message suggests
+    weights_only=False, which would run whatever the file contains)."""
+    import pickle
+
+    not_ours = f"{path}: not an edgekit resume file"
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower():
+            raise EdgekitError(f"{not_ours} (it holds pickled objects that edgekit does not load)") from None
+        raise EdgekitError(f"{not_ours} (unreadable: not a PyTorch file)") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError, AttributeError, ImportError):
+        raise EdgekitError(f"{not_ours} (unreadable: truncated or not a PyTorch file)") from None
+    wanted = ("model", "optimizer", "scheduler", "epoch", "best", "best_epoch")
+    if not isinstance(state, dict) or any(k not in state for k in wanted):
+        raise EdgekitError(f"{not_ours} (expected the saved {', '.join(wanted)})")
+    if not all(isinstance(state[k], dict) for k in wanted[:3]) or not all(
+            isinstance(state[k], (int, float)) and not isinstance(state[k], bool) for k in wanted[3:]):
+        raise EdgekitError(f"{not_ours} (its model, optimizer or epoch entries have the wrong types)")
+    return state
+
+
+def _printable(text: str, limit: int = 120) -> str:
+    """Text from a file, safe to show on one terminal line."""
+    return "".join(c if c.isprintable() else "?" for c in text)[:limit]
 
 
 def _bar(total: int, desc: str, enabled: bool):
