@@ -360,27 +360,32 @@ def _make_calibrator(trt: Any, class_name: str, tensors: Sequence[np.ndarray], c
     base = getattr(trt, class_name, None)
     if base is None:
         raise EdgekitError(f"this TensorRT has no {class_name} (implicit calibration was removed in TensorRT 11)")
-    batches = [np.ascontiguousarray(t, dtype=np.float32) for t in tensors]
-    if not batches:
+    # One tensor in host memory at a time: `tensors` may decode and preprocess each image as it is read.
+    batches = (np.ascontiguousarray(t, dtype=np.float32) for t in tensors)
+    first = next(batches, None)
+    if first is None:
         raise EdgekitError("implicit INT8 calibration needs calibration images")
 
     class Calibrator(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
             base.__init__(self)
-            self.i = 0
-            self.ptr = cuda.malloc(max(b.nbytes for b in batches))
+            self.next: Optional[np.ndarray] = first
+            self.ptr = cuda.malloc(first.nbytes)  # every tensor has the card's input shape
             self.stream = cuda.stream()
 
         def get_batch_size(self) -> int:
             return 1
 
         def get_batch(self, names: List[str]) -> Optional[List[int]]:
-            if self.i >= len(batches):
+            batch, self.next = self.next, None
+            if batch is None:
                 return None
+            if batch.nbytes != first.nbytes:
+                raise EdgekitError(f"calibration tensor of shape {batch.shape}, expected {first.shape}")
             with cuda.active():
-                cuda.htod_async(self.ptr, batches[self.i], self.stream)
+                cuda.htod_async(self.ptr, batch, self.stream)
                 cuda.synchronize(self.stream)
-            self.i += 1
+            self.next = next(batches, None)
             return [int(self.ptr)]
 
         def read_calibration_cache(self) -> Optional[bytes]:
