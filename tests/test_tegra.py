@@ -340,3 +340,16 @@ def test_jetson_clocks_show_garbage():
 def test_tools_absent_off_a_jetson(monkeypatch):
     monkeypatch.setenv("PATH", "")
     assert tegra.power_mode() is None and tegra.jetson_clocks_state() is None
+
+
+def test_sampler_memory_is_bounded_on_a_long_run(tmp_path, monkeypatch):
+    """A day at 100 ms is 864000 lines: past max_samples the sampler thins what it keeps evenly instead of
+    growing, and the summary is still the run's."""
+    fake_tegrastats(tmp_path, monkeypatch, "tegrastats_xavier_nx_jp5.1.2.txt")
+    with TegrastatsSampler(interval_ms=1, max_samples=8) as sampler:
+        deadline = time.time() + 20
+        while sampler._lines < 40 and time.time() < deadline:
+            time.sleep(0.05)
+    assert sampler._lines >= 40
+    assert sampler.summary is not None and 4 <= sampler.summary.samples <= 8
+    assert sampler.summary.input_power_mean_mw == 2763

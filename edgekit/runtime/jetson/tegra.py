@@ -228,15 +228,20 @@ def _clock_drop(series: List[Tuple[Optional[float], Optional[float]]]) -> Option
 
 
 class TegrastatsSampler:
-    """Runs `tegrastats --interval MS` as a subprocess and parses its lines in a daemon thread."""
+    """Runs `tegrastats --interval MS` as a subprocess and parses its lines in a daemon thread.
 
-    def __init__(self, interval_ms: int = 100, command: str = "tegrastats") -> None:
+    Memory is bounded however long the run: at `max_samples` kept, every other sample is let go and from then
+    on only every 2nd (4th, ...) line is kept, so what is summarized stays an evenly spaced sample of the
+    whole run (a day at 100 ms is 864000 lines)."""
+
+    def __init__(self, interval_ms: int = 100, command: str = "tegrastats", max_samples: int = 20000) -> None:
         self.interval_ms = interval_ms
         self.command = command
         self.summary: Optional[PowerSummary] = None
         self._proc: Optional[subprocess.Popen] = None
         self._thread: Optional[threading.Thread] = None
         self._samples: List[TegraSample] = []
+        self._max_samples, self._stride, self._lines = max(2, max_samples), 1, 0
         self._bad_lines = 0
         self._lock = threading.Lock()
         self._started = 0.0
@@ -266,7 +271,13 @@ class TegrastatsSampler:
                     self._bad_lines += 1  # a warning or a format we do not know: counted, never fatal
                 continue
             with self._lock:
+                self._lines += 1
+                if (self._lines - 1) % self._stride:
+                    continue
                 self._samples.append(sample)
+                if len(self._samples) >= self._max_samples:
+                    del self._samples[1::2]
+                    self._stride *= 2
 
     def stop(self) -> PowerSummary:
         """Stop tegrastats (terminate, then kill if it lingers) and summarize what it printed."""
