@@ -359,3 +359,34 @@ def test_ctrl_c_of_a_real_process_leaves_no_temporary_folder(tmp_path):
     proc.communicate(timeout=30)
     assert proc.returncode != 0
     assert contents(out) == before and leftovers(tmp_path) == []
+
+
+def test_run_stream_on_a_folder_of_mixed_sizes_reruns_into_the_same_out(det_engine, tmp_path):
+    """Through the CLI: every image of a folder of three sizes is in the video and named in results.jsonl; a
+    rerun replaces the earlier run as a whole; a folder of other files is refused without --overwrite."""
+    from conftest import assert_one_line_error, run_cli
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, img in enumerate(scene(6)):
+        size = [(320, 240), (200, 300), (640, 360)][i % 3]
+        cv2.imwrite(str(images / f"img_{i}.jpg"), cv2.resize(img, size))
+    out = tmp_path / "run"
+    for _ in range(2):  # the second run replaces the first
+        r = run_cli("run-stream", str(det_engine), str(images), "--out", str(out), "-q")
+        assert r.returncode == 0, r.stderr
+        rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        assert [row["source"] for row in rows] == [f"img_{i}.jpg" for i in range(6)]
+        assert video_frames(out / "annotated.mp4")[0] == 6
+        rep = json.loads((out / "report.json").read_text())
+        assert rep["outputs"]["video_files"]["frames_resized"] == 4
+        assert "annotated video: annotated.mp4" in (out / "report.md").read_text()
+        assert sorted(p.name for p in out.iterdir()) == sorted(
+            ["annotated.mp4", "results.jsonl", "report.json", "report.md", "latency_cdf.png", "stages.png"])
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    r = run_cli("run-stream", str(det_engine), str(images), "--out", str(mine), "-q")
+    assert_one_line_error(r, "exists and is not an earlier run-stream output; pass --overwrite")
+    assert (mine / "notes.txt").read_text() == "keep me"

@@ -30,6 +30,12 @@ def engines(shipped_int8_engines):
     return shipped_int8_engines
 
 
+def assert_source_failed(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """One line on stderr, no traceback, exit status 3 (edgekit.errors.SourceFailed: the source failed)."""
+    assert result.returncode == 3, (result.returncode, result.stdout, result.stderr)
+    assert_one_line_error(subprocess.CompletedProcess(result.args, 1, result.stdout, result.stderr), *fragments)
+
+
 def frames_in(path: Path) -> int:
     cap = cv2.VideoCapture(str(path))
     n = 0
@@ -118,7 +124,7 @@ def test_ctrl_c_mid_run_still_writes_the_report(engines, tmp_path):
         time.sleep(0.2)
     time.sleep(1.0)
     _, stderr = stop_and_wait(proc, signal.SIGINT)
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 130, stderr  # 128 + SIGINT: interrupted, after the report
     report = json.loads((out / "report.json").read_text())
     assert report["stop_reason"] == "interrupted (Ctrl-C)"
     assert report["frames"]["accounted"] and report["frames"]["processed"] > 0
@@ -130,7 +136,7 @@ def test_sigterm_ends_the_run_cleanly(engines, tmp_path):
     proc = start_endless_stream(engines["detection"], out, "--no-video")
     time.sleep(4)
     _, stderr = stop_and_wait(proc, signal.SIGTERM)
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 143, stderr  # 128 + SIGTERM: terminated, after the report
     assert json.loads((out / "report.json").read_text())["stop_reason"] == "terminated (SIGTERM)"
 
 
@@ -160,7 +166,7 @@ def test_bad_videos(engines, tmp_path, make, message):
 
 def test_truncated_recording_processes_what_decodes(engines, tmp_path):
     """A recording cut short whose frames decode without its index (MJPG in AVI): every decodable frame is
-    processed and counted, none invented."""
+    processed and counted, none invented, and the run fails (exit 3) saying the file ended early."""
     import numpy as np
 
     full, cut = tmp_path / "full.avi", tmp_path / "cut.avi"
@@ -172,7 +178,7 @@ def test_truncated_recording_processes_what_decodes(engines, tmp_path):
     decodable = frames_in(cut)
     assert 0 < decodable < 30
     r = run_cli("run-stream", str(engines["detection"]), str(cut), "--out", str(tmp_path / "o"), "-q")
-    assert r.returncode == 0, r.stderr
+    assert_source_failed(r, f"cut.avi: the file ended early: {decodable} of the 30 frames")
     f = json.loads((tmp_path / "o" / "report.json").read_text())["frames"]
     assert f["in"] == f["processed"] == decodable and f["dropped"] == 0
 
@@ -209,7 +215,7 @@ def free_port() -> int:
 def test_rtsp_url_that_refuses_connection(engines, tmp_path):
     r = run_cli("run-stream", str(engines["detection"]), f"rtsp://127.0.0.1:{free_port()}/live",
                 "--out", str(tmp_path / "o"), "-q", "--timeout", "2")
-    assert_one_line_error(r, "RTSP stream refused or unreachable")
+    assert_source_failed(r, "RTSP stream refused or unreachable")
 
 
 @pytest.mark.parametrize("size", ["0", "-3"])
@@ -323,7 +329,7 @@ def test_rtsp_server_that_never_answers_is_left_after_the_ffmpeg_socket_timeout(
 
 def test_absent_camera(engines, tmp_path):
     r = run_cli("run-stream", str(engines["detection"]), "/dev/video97", "--out", str(tmp_path / "o"), "-q")
-    assert_one_line_error(r, "/dev/video97: cannot open (camera absent or busy)")
+    assert_source_failed(r, "/dev/video97: cannot open (camera absent or busy)")
 
 
 def test_disk_full_mid_run_keeps_the_report_and_the_count(engines, tmp_path):

@@ -1,10 +1,15 @@
 """The `edgekit` command line: one module per verb (edgekit/cli/<verb>.py) that declares its arguments and
 imports what it runs only when it runs, so the runtime-side verbs never pull in torch and a missing optional
-package fails as one line. User errors print one line and exit 1; usage errors exit 2."""
+package fails as one line. User errors print one line and exit with their code (1; 3 for a failed video source);
+usage errors exit 2; Ctrl-C 130, SIGTERM 143 (edgekit.errors.EXIT_CODES)."""
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
-from typing import Callable, List, Optional, Sequence
+import threading
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 from edgekit import __version__
 from edgekit.cli import (
@@ -24,7 +29,7 @@ from edgekit.cli import (
     train,
 )
 from edgekit.cli import eval as eval_verb
-from edgekit.errors import EdgekitError, MissingDependency
+from edgekit.errors import EXIT_INTERRUPTED, EXIT_USAGE, EdgekitError, MissingDependency, Terminated
 
 # In the order `edgekit --help` lists them.
 VERBS = (data, train, import_model, prune, export, build_engine, calib_set, run_stream, profile, eval_verb, sweep,
@@ -66,10 +71,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     func: Optional[Callable[[argparse.Namespace], int]] = getattr(args, "func", None)
     if func is None:  # `edgekit` or `edgekit data` alone: show the relevant help
         args.help_of.print_help()
-        return 2
+        return EXIT_USAGE
+    if getattr(args, "debug", False):
+        # OpenCV's and FFmpeg's own warning lines, silenced by default (edgekit says what went wrong in one
+        # line), are wanted when debugging: the video sources read this when they are first imported.
+        os.environ["EDGEKIT_VIDEO_LOG"] = "1"
     try:
         try:
-            return func(args)
+            with _sigterm_raises():
+                return func(args)
         except ModuleNotFoundError as e:  # an optional dependency this verb needs is not installed
             top = (e.name or "").split(".")[0]
             if top not in OPTIONAL_MODULES:
@@ -79,10 +89,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if getattr(args, "debug", False):
             raise
         print(f"edgekit: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("edgekit: interrupted", file=sys.stderr)
-        return 130
+        return e.exit_code
+    except KeyboardInterrupt as e:  # what the verb wrote is cleaned up (a stream run reports and exits itself)
+        if isinstance(e, Terminated):
+            print(f"edgekit: {str(e) or 'terminated (SIGTERM)'}; temporary files removed", file=sys.stderr)
+        else:
+            print(f"edgekit: {str(e) or 'interrupted'}", file=sys.stderr)
+        return getattr(e, "exit_code", EXIT_INTERRUPTED)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While a verb runs, SIGTERM raises Terminated in the main thread, so its cleanup runs as on Ctrl-C (it
+    used to leave build-engine's *.tmp folder); a second SIGTERM does not cut the cleanup short. run-stream
+    installs its own handler during a run: SIGTERM stops the pipeline and the report is written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(_signum: int, _frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run(argv: Optional[List[str]] = None) -> None:

@@ -1,11 +1,7 @@
 """`edgekit build-engine`: an engine for TensorRT or ONNX Runtime (FP32/FP16/INT8) with a manifest."""
 
 import argparse
-import contextlib
-import signal
-import sys
-import threading
-from typing import Any, Iterator, List
+from typing import List
 
 from edgekit.cli.common import (
     BACKEND_OR_AUTO,
@@ -49,37 +45,6 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     return be
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that every `finally` and `except BaseException` runs: the
-    temporary folders and files beside the outputs are removed as on Ctrl-C. Exit status 128 + 15."""
-
-    exit_code = 128 + signal.SIGTERM
-
-
-@contextlib.contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """While the block runs, SIGTERM raises Terminated; a second SIGTERM does not cut the cleanup short."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(_signum: int, _frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def terminated(e: Terminated) -> int:
-    """Say in one line that SIGTERM ended the verb (its cleanup has run) and give the exit status, 143."""
-    print("edgekit: terminated (SIGTERM); temporary files removed", file=sys.stderr)
-    return e.exit_code
-
-
 def run(args: argparse.Namespace) -> int:
     from edgekit.build.engine_build import BuildOptions, build_engine, placement_summary
 
@@ -90,11 +55,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch, if_stale=args.if_stale, card_file=args.card, card_overrides=card_overrides(args),
         layout=args.layout,
     )
-    try:
-        with sigterm_raises():
-            rep = build_engine(args.model, args.out, opts)
-    except Terminated as e:
-        return terminated(e)
+    rep = build_engine(args.model, args.out, opts)
     if rep.up_to_date:
         print(f"{rep.engine} is up to date (inputs and environment unchanged); nothing rebuilt")
         return 0

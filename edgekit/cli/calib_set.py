@@ -27,7 +27,6 @@ def run(args: argparse.Namespace) -> int:
 
     import cv2
 
-    from edgekit.cli.build_engine import Terminated, sigterm_raises, terminated
     from edgekit.errors import EdgekitError
     from edgekit.runtime.artifacts import atomic_dir
     from edgekit.runtime.calibration import iter_video_frames, pick_video_frames
@@ -39,14 +38,11 @@ def run(args: argparse.Namespace) -> int:
         raise EdgekitError(f"-o {args.out} would replace the video {video}; choose another -o")
     indices = pick_video_frames(video, args.n)
     written = 0
-    try:
-        with sigterm_raises(), atomic_dir(args.out, overwrite=args.overwrite) as tmp:  # SIGTERM: folder removed
-            for i, frame in iter_video_frames(video, indices):  # one frame in memory at a time
-                path = tmp / f"frame_{i:06d}.jpg"
-                if not cv2.imwrite(str(path), frame, [cv2.IMWRITE_JPEG_QUALITY, 95]):
-                    raise EdgekitError(f"{args.out}: could not write {path.name} (disk full?); nothing was written")
-                written += 1
-    except Terminated as e:
-        return terminated(e)
+    with atomic_dir(args.out, overwrite=args.overwrite) as tmp:  # SIGTERM (Terminated): the folder is removed
+        for i, frame in iter_video_frames(video, indices):  # one frame in memory at a time
+            path = tmp / f"frame_{i:06d}.jpg"
+            if not cv2.imwrite(str(path), frame, [cv2.IMWRITE_JPEG_QUALITY, 95]):
+                raise EdgekitError(f"{args.out}: could not write {path.name} (disk full?); nothing was written")
+            written += 1
     print(f"wrote {written} frames of {video} to {args.out}")
     return 0

@@ -29,16 +29,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from edgekit.build.export import export
-    from edgekit.cli.build_engine import Terminated, sigterm_raises, terminated
 
-    try:
-        with sigterm_raises():
-            rep = export(args.checkpoint, args.out, opset=args.opset, dynamic_batch=args.dynamic_batch,
-                         simplify=not args.no_simplify,
-                         parity_images=Path(args.parity_images) if args.parity_images else None, atol=args.atol,
-                         rtol=args.rtol)
-    except Terminated as e:
-        return terminated(e)
+    rep = export(args.checkpoint, args.out, opset=args.opset, dynamic_batch=args.dynamic_batch,
+                 simplify=not args.no_simplify, parity_images=Path(args.parity_images) if args.parity_images else None,
+                 atol=args.atol, rtol=args.rtol)
     print(f"wrote {rep.path} (opset {rep.opset}, {rep.nodes_before} -> {rep.nodes_after} nodes after simplification, "
           f"{rep.path.stat().st_size / 1024:.0f} KB) in {rep.seconds:.1f} s")
     print(f"parity vs PyTorch on {rep.parity_inputs}:")

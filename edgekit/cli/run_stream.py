@@ -4,6 +4,7 @@ import argparse
 from typing import List
 
 from edgekit.cli.common import add_out, add_task_filter, count, fraction, positive_float, positive_int, seconds
+from edgekit.errors import EXIT_CODES
 
 
 def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -13,6 +14,8 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
                     "csi://N, rtsp://... or synthetic://?size=640x480&fps=30. One thread per stage; live "
                     "sources drop the oldest frame when behind (counted), files lose none. Writes "
                     "report.json/.md, latency plots, annotated.mp4 and results.jsonl to --out.",
+        epilog="exit status: " + "; ".join(f"{code}: {what}" for code, what in EXIT_CODES.items())
+               + ". The report is written after a source failure, Ctrl-C and SIGTERM too.",
     )
     rs.add_argument("engine", help="engine from build-engine (or an ONNX from edgekit export)")
     rs.add_argument("source", help="video file, image folder, camera index, /dev/videoN, "
@@ -45,7 +48,9 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
                     help="how RTSP streams and H.264/H.265 files are decoded: auto (default; on a Jetson, GStreamer "
                          "with the hardware decoder nvv4l2decoder, falling back to FFmpeg), gstreamer (hardware only, "
                          "an error where unavailable) or ffmpeg; default from $EDGEKIT_VIDEO_DECODER")
-    rs.add_argument("--reconnect", type=count, default=3, help="reconnect attempts for a network stream")
+    rs.add_argument("--reconnect", type=count, default=3,
+                    help="times a live source (RTSP, camera) that is lost is reopened, with back-off 0.5, 1, 2, 4, "
+                         "8 s, before the run fails with exit status 3 (default 3; 0: never)")
     rs.add_argument("--rtsp-transport", default="tcp", choices=("tcp", "udp"))
     rs.add_argument("--rtsp-latency", type=count, default=200, metavar="MS", help="RTSP jitter buffer (default 200)")
     rs.add_argument("--no-power", action="store_true", help="do not sample tegrastats on a Jetson")
@@ -56,7 +61,7 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
 
 def run(args: argparse.Namespace) -> int:
     from edgekit.runtime.stream.report import markdown
-    from edgekit.runtime.stream.runner import StreamOptions, run_stream
+    from edgekit.runtime.stream.runner import StreamOptions, exit_status, run_stream
 
     opts = StreamOptions(
         out=args.out, task=args.task, save_video=not args.no_video, jsonl=not args.no_jsonl, show=args.show,
@@ -75,4 +80,4 @@ def run(args: argparse.Namespace) -> int:
     if video and video["files"]:
         names = ", ".join(f"{args.out}/{f['name']}" for f in video["files"])
         print(f"annotated video: {names} ({video['bytes_on_disk'] / 1e6:.1f} MB)")
-    return 0
+    return exit_status(r)  # 130/143 where Ctrl-C/SIGTERM ended the run

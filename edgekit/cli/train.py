@@ -55,7 +55,6 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from edgekit.build.train.loop import TrainConfig, config_from_file, train
-    from edgekit.cli.build_engine import Terminated, sigterm_raises, terminated
     from edgekit.errors import EdgekitError
 
     resume = False
@@ -81,11 +80,7 @@ def run(args: argparse.Namespace) -> int:
             name=args.name or "", device=args.device, max_train_images=args.max_train_images,
             max_val_images=args.max_val_images, progress=not args.quiet,
         )
-    try:
-        with sigterm_raises():
-            report = train(cfg, resume=resume)
-    except Terminated as e:
-        return terminated(e)
+    report = train(cfg, resume=resume)
     metric = [k for k in report if k.startswith("best_val_")][0]
     print(f"best {metric[len('best_val_'):]} {report[metric]:.4f} at epoch {report['best_epoch']} "
           f"({report['train_seconds']:.0f} s of training); checkpoint: {report['checkpoint']}")

@@ -96,6 +96,7 @@ class Pipeline:
         self.stop_event = threading.Event()
         self.stop_reason = ""
         self.error: Optional[BaseException] = None
+        self._source_error: Optional[BaseException] = None  # becomes `error` once the frames in flight are done
         self._lock = threading.Lock()
         self.t_start = self.t_end = 0
 
@@ -130,8 +131,9 @@ class Pipeline:
                 if deadline and time.monotonic_ns() >= deadline:
                     self.stop_reason = self.stop_reason or f"--duration {self.duration_s:g} s reached"
                     break
-        except BaseException as e:  # a source that fails mid-run: report what was processed
-            self._fail(e)
+        except BaseException as e:  # a source that fails mid-run: the frames it delivered are finished and reported
+            self._source_error = e
+            self.stop_reason = self.stop_reason or "source failed"
         finally:
             self.source.close()
             self._put_blocking(q, _END, force=True)
@@ -260,3 +262,5 @@ class Pipeline:
             except KeyboardInterrupt:
                 os._exit(130)  # a second Ctrl-C: leave now, without a report
         self.t_end = time.monotonic_ns()
+        if self.error is None and self._source_error is not None:
+            self.error = self._source_error

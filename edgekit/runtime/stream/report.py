@@ -27,6 +27,8 @@ def build(p: Pipeline, extra: Dict[str, Any]) -> Dict[str, Any]:
         "schema": SCHEMA,
         "source": {"uri": p.source.info.uri, "kind": p.source.info.kind, "live": p.source.info.live,
                    "fps": p.source.info.fps, "reconnects": p.source.reconnects,
+                   "reconnect_attempts": p.source.reconnect_attempts,
+                   "skipped_inputs": [dict(x) for x in p.source.skipped],
                    "decoder": p.source.info.decoder, "notes": list(p.source.info.notes)},
         "frames": {"in": c.frames_in, "processed": c.processed, "dropped": c.dropped,
                    "accounted": c.frames_in == c.processed + c.dropped},

@@ -1,5 +1,6 @@
 """`edgekit run-stream ENGINE SOURCE`: wires an engine, a source, post-processing and sinks into the
-pipeline, handles Ctrl-C/SIGTERM, and writes the report whatever happens."""
+pipeline, handles Ctrl-C/SIGTERM, and writes the report whatever happens. `exit_status(report)` says how a
+run that returned ended: 0, or 130/143 where Ctrl-C/SIGTERM stopped it; a run that failed raises."""
 
 import contextlib
 import signal
@@ -12,7 +13,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EdgekitError, Terminated
 from edgekit.runtime.api import Model
 from edgekit.runtime.artifacts import RunFolder, run_folder
 from edgekit.runtime.jetson import power
@@ -53,8 +54,14 @@ class StreamOptions:
 DEFAULT_LIVE_VIDEO_MAX_MB = 1024
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM before the pipeline runs: unwinds like Ctrl-C, so the run's temporary folder is removed."""
+SIGTERM_STOP = "terminated (SIGTERM)"
+# The stop reasons of an interrupted run (the pipeline's for Ctrl-C) and the exit status that says so.
+_INTERRUPTED = {"interrupted (Ctrl-C)": EXIT_INTERRUPTED, SIGTERM_STOP: EXIT_TERMINATED}
+
+
+def exit_status(report: Dict[str, Any]) -> int:
+    """The exit status of a run that wrote its report: 130 after Ctrl-C, 143 after SIGTERM, else 0."""
+    return _INTERRUPTED.get(report.get("stop_reason") or "", EXIT_OK)
 
 
 class TruthSink:
@@ -128,7 +135,7 @@ class _Run:
         """SIGTERM stops the pipeline like Ctrl-C (frames in flight finished, report written); before the
         pipeline runs it interrupts the opening, and the new run's folder is removed."""
         if self.pipeline is not None:
-            self.pipeline.stop("terminated (SIGTERM)")
+            self.pipeline.stop(SIGTERM_STOP)
         else:
             raise Terminated("terminated (SIGTERM) before the stream started")
 
@@ -202,7 +209,7 @@ class _Run:
             msg = str(e) if isinstance(e, EdgekitError) else _describe(e)
             err = EdgekitError(f"{msg}; report of the {pipeline.counters.processed} frames processed: "
                                f"{shown}/report.json")
-            err.exit_code = getattr(e, "exit_code", 1)  # type: ignore[attr-defined]  # a failed source stays one
+            err.exit_code = getattr(e, "exit_code", err.exit_code)  # a failed source (3) stays one
             raise err
         return rep
 
@@ -217,4 +224,4 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-__all__ = ["StreamOptions", "run_stream"]
+__all__ = ["StreamOptions", "exit_status", "run_stream"]
