@@ -30,6 +30,7 @@ from edgekit.cli import (
 )
 from edgekit.cli import eval as eval_verb
 from edgekit.errors import EXIT_INTERRUPTED, EXIT_USAGE, EdgekitError, MissingDependency, Terminated
+from edgekit.runtime.text import printable
 
 # In the order `edgekit --help` lists them.
 VERBS = (data, train, import_model, prune, export, build_engine, calib_set, run_stream, profile, eval_verb, sweep,
@@ -88,7 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except EdgekitError as e:
         if getattr(args, "debug", False):
             raise
-        print(f"edgekit: error: {e}", file=sys.stderr)
+        print(f"edgekit: error: {printable(str(e))}", file=sys.stderr)  # one line, whatever a file put in it
         return e.exit_code
     except KeyboardInterrupt as e:  # what the verb wrote is cleaned up (a stream run reports and exits itself)
         if isinstance(e, Terminated):

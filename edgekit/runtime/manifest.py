@@ -285,7 +285,9 @@ def _plain_name(name: str) -> bool:
 
 
 def write(manifest: Manifest, path: "str | Path") -> None:
-    Path(path).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    from edgekit.runtime.artifacts import write_text
+
+    write_text(path, json.dumps(manifest.to_dict(), indent=2) + "\n")
 
 
 def mismatches(manifest: Manifest, engine: Path, here: BackendRecord) -> List[str]:

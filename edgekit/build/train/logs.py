@@ -1,8 +1,11 @@
 """Training logs: CSV and TensorBoard per epoch, a loss-curve PNG, and a fitting diagnosis."""
 
 import csv
+import io
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from edgekit.runtime.artifacts import atomic_path, write_text
 
 
 class EpochLog:
@@ -23,11 +26,12 @@ class EpochLog:
     def add(self, row: Dict[str, float]) -> None:
         self.rows.append(row)
         keys = list(row)
-        with open(self.csv_path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            for r in self.rows:
-                w.writerow({k: r.get(k, "") for k in keys})
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, fieldnames=keys)
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({k: r.get(k, "") for k in keys})
+        write_text(self.csv_path, text.getvalue())  # atomic: never through a planted link, never half-written
         if self.tb is not None:
             step = int(row["epoch"])
             for k, v in row.items():
@@ -62,7 +66,8 @@ def plot_curves(rows: List[Dict[str, float]], metric: str, path: Path) -> Option
     ax2.grid(alpha=0.3)
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path
 
