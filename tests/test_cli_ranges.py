@@ -27,6 +27,7 @@ BAD = [
     ("profile", "m.onnx", "--duration", "inf"),
     ("prune", "m.safetensors", "--ratio", "1.5"),
     ("prune", "m.safetensors", "--ratio", "0"),
+    ("prune", "m.safetensors", "--ratio", "1"),
     ("train", "d", "--epochs", "0"),
     ("train", "d", "--lr", "-1e-3"),
     ("sweep", "m.safetensors", "--rounds", "0"),
@@ -50,7 +51,7 @@ def test_out_of_range_numbers_are_usage_errors(argv, capsys):
     ("run-stream", "m.onnx", "v.mp4", "--score-threshold", "0", "--iou-threshold", "1", "--max-frames", "0",
      "--duration", "0", "--reconnect", "0"),
     ("profile", "m.onnx", "--iterations", "1", "--warmup", "0", "--duration", "0.5"),
-    ("prune", "m.safetensors", "-o", "p", "--ratio", "1"),
+    ("prune", "m.safetensors", "-o", "p", "--ratio", "0.99"),
 ])
 def test_range_edges_are_accepted(argv):
     build_parser().parse_args(list(argv))

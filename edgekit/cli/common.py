@@ -19,9 +19,9 @@ def size(text: str) -> Tuple[int, int]:
 
 
 def _ranged(kind: type, lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False,
-            what: str = "") -> Callable[[str], Any]:
-    """An argparse type: a finite `kind` (int or float) within [lo, hi] ((lo, hi] with lo_open); anything else,
-    nan and inf included, is a usage error (exit 2) before any work starts."""
+            hi_open: bool = False, what: str = "") -> Callable[[str], Any]:
+    """An argparse type: a finite `kind` (int or float) within [lo, hi] (an end excluded with lo_open / hi_open);
+    anything else, nan and inf included, is a usage error (exit 2) before any work starts."""
     noun = "a whole number" if kind is int else "a number"
 
     def parse(text: str) -> Any:
@@ -32,7 +32,7 @@ def _ranged(kind: type, lo: Optional[float] = None, hi: Optional[float] = None, 
         if value != value or value in (float("inf"), float("-inf")):
             raise argparse.ArgumentTypeError(f"expected a finite number{what}, got '{text}'")
         low_bad = lo is not None and (value <= lo if lo_open else value < lo)
-        if low_bad or (hi is not None and value > hi):
+        if low_bad or (hi is not None and (value >= hi if hi_open else value > hi)):
             raise argparse.ArgumentTypeError(f"expected {noun}{what}, got {text}")
         return value
 
@@ -47,7 +47,7 @@ positive_float = _ranged(float, 0, lo_open=True, what=" above 0")  # timeouts, l
 seconds = _ranged(float, 0, what=" of seconds, 0 or more")  # durations where 0 means none
 non_negative = _ranged(float, 0, what=" of 0 or more")  # tolerances, weights
 fraction = _ranged(float, 0, 1, what=" between 0 and 1")  # thresholds
-open_fraction = _ranged(float, 0, 1, lo_open=True, what=" above 0 and at most 1")  # shares to remove
+open_fraction = _ranged(float, 0, 1, lo_open=True, hi_open=True, what=" strictly between 0 and 1")  # shares
 byte_value = _ranged(int, 0, 255, what=" between 0 and 255")  # pixel values
 finite = _ranged(float)  # the card checks the range itself, with a hint (mean 123.7 -> 0.485)
 
