@@ -22,7 +22,7 @@ from edgekit.runtime.opening import open_model
 from edgekit.runtime.stream import report as report_mod
 from edgekit.runtime.stream.pipeline import Frame, Pipeline
 from edgekit.runtime.stream.sinks import JsonlSink, VideoSink, WindowSink
-from edgekit.runtime.stream.sources import open_source
+from edgekit.runtime.stream.sources import Source, open_source
 
 
 @dataclass
@@ -144,6 +144,7 @@ class _Run:
         opened = open_model(self.engine, pipelined=True, task=opts.task)
         model = Model(opened, opts.score_threshold, opts.iou_threshold)
         sinks: List[Any] = []
+        source: Optional[Source] = None
         try:
             source = open_source(self.source_uri, loop=opts.loop, timeout_s=opts.timeout, reconnect=opts.reconnect,
                                  rtsp_transport=opts.rtsp_transport, rtsp_latency_ms=opts.rtsp_latency_ms,
@@ -169,6 +170,8 @@ class _Run:
             for s in sinks:
                 with contextlib.suppress(Exception):
                     s.close()
+            if source is not None:
+                source.close()
             model.close()
             raise
         progress = Progress(opts.progress)
