@@ -12,7 +12,7 @@ import numpy as np
 
 from edgekit.build import onnx_io
 from edgekit.errors import EdgekitError
-from edgekit.runtime.artifacts import atomic_path
+from edgekit.runtime.artifacts import OUT_OF_ROOM, atomic_path
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.preprocess import preprocess
 
@@ -44,8 +44,7 @@ MIN_DECODED_AGREEMENT = 0.98
 
 # What a write that ran out of room says, by errno (the message of a failed write from native code, such as
 # onnxruntime's, carries only the text).
-_OUT_OF_ROOM = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
-                errno.EFBIG: "file size limit reached"}
+
 
 
 class OutOfRoom(EdgekitError):
@@ -70,10 +69,10 @@ def write_failure(e: BaseException, target: Path, folder: Optional[Path] = None,
         return OutOfRoom(e.what, target)
     if isinstance(e, EdgekitError):
         return None
-    what = _OUT_OF_ROOM.get(e.errno) if isinstance(e, OSError) and e.errno is not None else None
+    what = OUT_OF_ROOM.get(e.errno) if isinstance(e, OSError) and e.errno is not None else None
     if what is None and not isinstance(e, OSError):
         text = str(e)
-        what = next((v for k, v in _OUT_OF_ROOM.items() if os.strerror(k) in text), None)
+        what = next((v for k, v in OUT_OF_ROOM.items() if os.strerror(k) in text), None)
     if what is None and folder is not None and needed > 0:
         what = _short_of_room(folder, needed)
     return None if what is None else OutOfRoom(what, target)
@@ -84,12 +83,12 @@ def _short_of_room(folder: Path, needed: int) -> Optional[str]:
 
     soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
     if soft != resource.RLIM_INFINITY and soft < needed:
-        return _OUT_OF_ROOM[errno.EFBIG]
+        return OUT_OF_ROOM[errno.EFBIG]
     try:
         st = os.statvfs(folder)
     except OSError:
         return None
-    return _OUT_OF_ROOM[errno.ENOSPC] if st.f_bavail * st.f_frsize < needed else None
+    return OUT_OF_ROOM[errno.ENOSPC] if st.f_bavail * st.f_frsize < needed else None
 
 
 def refuse_overwriting_inputs(outputs: Mapping[str, Path], inputs: Mapping[str, Path], out_flag: str) -> None:

@@ -19,6 +19,9 @@ from edgekit.errors import EdgekitError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
+# What a write that failed for want of room says, by errno (runtime and build side alike).
+OUT_OF_ROOM = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file size limit reached"}
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

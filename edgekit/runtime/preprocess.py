@@ -67,15 +67,25 @@ def resize(
         sx, sy = in_w / w, in_h / h
         out = cv2.resize(image, (in_w, in_h), interpolation=interpolation)
         return out, Transform(sx, sy, 0.0, 0.0, w, h)
-    r = min(in_w / w, in_h / h)
-    nw, nh = int(round(w * r)), int(round(h * r))
-    px, py = ((in_w - nw) // 2, (in_h - nh) // 2) if card.pad_placement == "center" else (0, 0)
-    resized = image if (nw, nh) == (w, h) else cv2.resize(image, (nw, nh), interpolation=interpolation)
     pad = card.pad_value if pad_value is None else pad_value
-    out = cv2.copyMakeBorder(
-        resized, py, in_h - nh - py, px, in_w - nw - px, cv2.BORDER_CONSTANT, value=(pad, pad, pad)
-    )
+    out, (nw, nh), (px, py) = letterbox(image, (in_w, in_h), pad, card.pad_placement == "center", interpolation)
     return out, Transform(nw / w, nh / h, float(px), float(py), w, h)
+
+
+def letterbox(image: np.ndarray, size: Tuple[int, int], pad_value: int = 0, center: bool = True,
+              interpolation: int = cv2.INTER_LINEAR) -> Tuple[np.ndarray, Tuple[int, int], Tuple[int, int]]:
+    """`image` scaled to fit `size` (width, height) with its aspect ratio kept and padded with `pad_value`
+    (centred, or in the top-left corner); returns it with the scaled size and the padding's offset."""
+    in_w, in_h = size
+    h, w = image.shape[:2]
+    r = min(in_w / w, in_h / h)
+    nw, nh = max(1, min(in_w, int(round(w * r)))), max(1, min(in_h, int(round(h * r))))
+    px, py = ((in_w - nw) // 2, (in_h - nh) // 2) if center else (0, 0)
+    resized = image if (nw, nh) == (w, h) else cv2.resize(image, (nw, nh), interpolation=interpolation)
+    out = cv2.copyMakeBorder(
+        resized, py, in_h - nh - py, px, in_w - nw - px, cv2.BORDER_CONSTANT, value=(pad_value,) * 3
+    )
+    return out, (nw, nh), (px, py)
 
 
 def to_tensor(resized_bgr: np.ndarray, card: ModelCard) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 
 from edgekit.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EdgekitError, Terminated
 from edgekit.runtime.api import Model
-from edgekit.runtime.artifacts import RunFolder, run_folder
+from edgekit.runtime.artifacts import OUT_OF_ROOM, RunFolder, run_folder
 from edgekit.runtime.jetson import power
 from edgekit.runtime.manifest import host_environment
 from edgekit.runtime.opening import open_model
@@ -218,13 +218,9 @@ class _Run:
 
 
 def _describe(e: BaseException) -> str:
-    import errno
-
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        return f"disk full ({e.filename or 'output'})"
-    if isinstance(e, OSError) and e.errno == errno.EFBIG:
-        return f"file size limit reached ({e.filename or 'output'})"
+    if isinstance(e, OSError) and e.errno in OUT_OF_ROOM:
+        return f"{OUT_OF_ROOM[e.errno]} ({e.filename or 'output'})"
     return f"{type(e).__name__}: {e}"
 
 
-__all__ = ["StreamOptions", "exit_status", "run_stream"]
+__all__ = ["StreamOptions", "run_stream"]

@@ -15,6 +15,7 @@ from edgekit.errors import EdgekitError
 from edgekit.runtime import draw
 from edgekit.runtime.api import Model
 from edgekit.runtime.artifacts import open_for_writing, publish, refuse_symlink, temp_beside
+from edgekit.runtime.preprocess import letterbox
 
 
 def result_json(frame: Any, model: Model) -> Dict[str, Any]:
@@ -44,17 +45,6 @@ def annotate(frame: Any, model: Model, status: str) -> np.ndarray:
     model.draw(img, frame.result)
     draw.draw_status(img, status)
     return img
-
-
-def letterbox(img: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """``img`` scaled to fit ``size`` (width, height), aspect ratio kept, centred on black."""
-    w, h = size
-    ih, iw = img.shape[:2]
-    r = min(w / iw, h / ih)
-    nw, nh = max(1, min(w, int(round(iw * r)))), max(1, min(h, int(round(ih * r))))
-    resized = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
-    x, y = (w - nw) // 2, (h - nh) // 2
-    return cv2.copyMakeBorder(resized, y, h - nh - y, x, w - nw - x, cv2.BORDER_CONSTANT, value=(0, 0, 0))
 
 
 class VideoSink:
@@ -97,7 +87,8 @@ class VideoSink:
         if self.size is None:
             self.size = (w, h)
         elif (w, h) != self.size:
-            img = letterbox(img, self.size)
+            shrink = img.shape[1] > self.size[0] or img.shape[0] > self.size[1]
+            img = letterbox(img, self.size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)[0]
             self.frames_resized += 1
         if self.writer is None:
             self._open_segment()
