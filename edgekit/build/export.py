@@ -272,12 +272,14 @@ def _export_checked(model: Any, card: ModelCard, example: Any, names: List[str],
 
 def decoded_parity(card: ModelCard, reference: Dict[str, List[np.ndarray]], other: Dict[str, List[np.ndarray]],
                    count: int) -> "tuple[str, float]":
-    """(the task's agreement measure, its mean) between PyTorch's and ONNX Runtime's results once decoded
-    through the card: for models whose outputs vary in length (a detector suppressing in its graph), where a
-    near-tie may keep one more box on one runtime than on the other."""
+    """(the task's agreement measure, its value pooled over the frames) between PyTorch's and ONNX Runtime's
+    results once decoded through the card: for models whose outputs vary in length (a detector suppressing in
+    its graph), where a near-tie may keep one more box on one runtime than on the other."""
     from edgekit.runtime import registry
-    from edgekit.runtime.measure.evaluate import agreement
+    from edgekit.runtime.measure.evaluate import decoder
 
-    scores = [agreement(card, {k: v[i] for k, v in reference.items()}, {k: v[i] for k, v in other.items()})
-              for i in range(count)]
-    return registry.task(card.task).agreement_key, float(np.mean(scores))
+    task, decode = registry.task(card.task), decoder(card)
+    fidelity = task.fidelity(card)
+    for i in range(count):
+        fidelity.add(decode({k: v[i] for k, v in reference.items()}), decode({k: v[i] for k, v in other.items()}))
+    return task.agreement_key, float(fidelity.summary()[task.agreement_key])

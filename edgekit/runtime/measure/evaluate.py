@@ -25,18 +25,25 @@ def accuracy_text(task: str, m: Mapping[str, Any], compact: bool = False) -> str
     return registry.task(task).accuracy_text(m, compact)
 
 
-def agreement(card: ModelCard, reference: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray]) -> float:
-    """How closely one network input's outputs follow another's once decoded through the card (the task's
-    measure: detections matched, pixels given the same class, ...; 1.0 for the same result). Compares models
-    whose outputs vary in length (suppression in the graph) and INT8 against FP32 alike."""
-    task, layout = registry.task(card.task), registry.layout(card.output_layout)
+def decoder(card: ModelCard) -> Callable[[Mapping[str, np.ndarray]], Any]:
+    """Raw outputs of one network input (batch axis first) -> the task's result in input pixels, through the
+    card's layout and thresholds: what agreement between two engines compares."""
+    layout = registry.layout(card.output_layout)
     h, w = card.input_size
     same_frame, params = Transform.identity(w, h), DecodeParams.of(card)
 
     def result(outputs: Mapping[str, np.ndarray]) -> Any:
         return layout.decode(layout.image(outputs, 0), same_frame, card, params)
 
-    return float(task.agreement(result(reference), result(other)))
+    return result
+
+
+def agreement(card: ModelCard, reference: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray]) -> float:
+    """How closely one network input's outputs follow another's once decoded through the card (the task's
+    measure on one frame: detections matched, pixels given the same class, ...; 1.0 for the same result).
+    Compares models whose outputs vary in length (suppression in the graph) and INT8 against FP32 alike."""
+    result = decoder(card)
+    return float(registry.task(card.task).agreement(result(reference), result(other)))
 
 
 class Scorer:

@@ -21,6 +21,18 @@ class Accuracy:
         raise NotImplementedError
 
 
+class Fidelity:
+    """How closely one engine's results follow another's (INT8 against FP32), pooled over frames: add() one
+    frame's pair of results; summary() gives the task's agreement measure (under its agreement_key) and the
+    figures beside it (box IoU and score differences of matched detections, IoU per class, ...)."""
+
+    def add(self, reference: Any, other: Any) -> None:
+        raise NotImplementedError
+
+    def summary(self) -> Dict[str, Any]:
+        raise NotImplementedError
+
+
 class Task:
     name = ""
     description = ""
@@ -52,6 +64,10 @@ class Task:
 
     def agreement(self, reference: Any, other: Any) -> float:
         """How closely `other` follows `reference` on one image, 1.0 for identical results."""
+        raise NotImplementedError
+
+    def fidelity(self, card: ModelCard) -> Fidelity:
+        """The accumulator of agreement over many frames (build-engine's INT8 report)."""
         raise NotImplementedError
 
     def accuracy_text(self, metrics: Mapping[str, Any], compact: bool = False) -> str:

@@ -2,7 +2,7 @@
 INT8 agreement the F1 of matching detections, stream accuracy precision/recall at IoU 0.5."""
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Tuple
 
 import cv2
 import numpy as np
@@ -12,7 +12,7 @@ from edgekit.runtime.card import ModelCard
 from edgekit.runtime.data import datasets
 from edgekit.runtime.measure.metrics import detection_map
 from edgekit.runtime.registry import register_task
-from edgekit.runtime.tasks.base import Accuracy, Task, Truth
+from edgekit.runtime.tasks.base import Accuracy, Fidelity, Task, Truth
 
 
 @dataclass
@@ -73,20 +73,26 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-9)
 
 
-def matches(found: Detections, boxes: np.ndarray, classes: np.ndarray, iou: float = 0.5) -> int:
-    """How many of `found` match a box of the same class (IoU >= iou), greedily from the highest score;
-    each box matches once."""
+def match_pairs(found: Detections, boxes: np.ndarray, classes: np.ndarray,
+                iou: float = 0.5) -> List[Tuple[int, int, float]]:
+    """(index in found, index in boxes, IoU) of the detections that match a box of the same class (IoU >= iou),
+    greedily from the highest score; each box matches once."""
     if len(found) == 0 or len(boxes) == 0:
-        return 0
+        return []
     ious = box_iou(found.boxes, boxes)
     ious[found.classes[:, None] != classes[None, :]] = 0
-    matched = 0
+    pairs = []
     for i in np.argsort(-found.scores):
         j = int(np.argmax(ious[i]))
         if ious[i, j] >= iou:
+            pairs.append((int(i), j, float(ious[i, j])))
             ious[:, j] = 0
-            matched += 1
-    return matched
+    return pairs
+
+
+def matches(found: Detections, boxes: np.ndarray, classes: np.ndarray, iou: float = 0.5) -> int:
+    """How many of `found` match a box of the same class (IoU >= iou); see match_pairs."""
+    return len(match_pairs(found, boxes, classes, iou))
 
 
 def detection_f1(ref: Detections, other: Detections, iou: float = 0.5) -> float:
@@ -94,6 +100,49 @@ def detection_f1(ref: Detections, other: Detections, iou: float = 0.5) -> float:
     if len(ref) == 0 and len(other) == 0:
         return 1.0
     return 2 * matches(other, ref.boxes, ref.classes, iou) / (len(ref) + len(other))
+
+
+class MatchFidelity(Fidelity):
+    """Pooled over frames: F1 of the detections (or instances) matched to the reference's, the mean IoU of the
+    matched pairs, and how far their scores moved. F1 alone is decided by borderline boxes near the score
+    threshold; the score difference shows a quantized head that compresses scores (every score capped at 0.5)
+    while F1 at a low threshold stays perfect."""
+
+    key, iou_name = "detection_f1", "mean_box_iou"
+    BORDERLINE = 0.05  # an unmatched result scored within this of the threshold was a coin toss in FP32 too
+
+    def __init__(self, score_threshold: float = 0.0) -> None:
+        self.threshold = score_threshold
+        self.frames = self.matched = self.n_ref = self.n_other = self.borderline = 0
+        self.iou_sum = self.score_sum = self.score_max = 0.0
+
+    def pairs(self, reference: Any, other: Any) -> List[Tuple[int, int, float]]:
+        return match_pairs(other, reference.boxes, reference.classes)
+
+    def add(self, reference: Any, other: Any) -> None:
+        pairs = self.pairs(reference, other)
+        self.frames += 1
+        self.n_ref += len(reference)
+        self.n_other += len(other)
+        self.matched += len(pairs)
+        for i, j, iou in pairs:
+            diff = abs(float(other.scores[i]) - float(reference.scores[j]))
+            self.iou_sum += iou
+            self.score_sum += diff
+            self.score_max = max(self.score_max, diff)
+        matched_ref, matched_other = {j for _, j, _ in pairs}, {i for i, _, _ in pairs}
+        near = self.threshold + self.BORDERLINE
+        self.borderline += sum(1 for j, s in enumerate(reference.scores) if j not in matched_ref and s < near)
+        self.borderline += sum(1 for i, s in enumerate(other.scores) if i not in matched_other and s < near)
+
+    def summary(self) -> Dict[str, Any]:
+        total = self.n_ref + self.n_other
+        m = max(1, self.matched)
+        return {"frames": self.frames, self.key: round(2 * self.matched / total if total else 1.0, 4),
+                self.iou_name: round(self.iou_sum / m if self.matched else 1.0, 4),
+                "mean_score_diff": round(self.score_sum / m, 4), "max_score_diff": round(self.score_max, 4),
+                "reference_count": self.n_ref, "count": self.n_other, "matched": self.matched,
+                "unmatched": total - 2 * self.matched, "unmatched_borderline": self.borderline}
 
 
 class MeanAveragePrecision(Accuracy):
@@ -163,6 +212,9 @@ class Detection(Task):
 
     def agreement(self, reference: Detections, other: Detections) -> float:
         return detection_f1(reference, other)
+
+    def fidelity(self, card: ModelCard) -> Fidelity:
+        return MatchFidelity(card.score_threshold)
 
     def accuracy_text(self, metrics: Mapping[str, Any], compact: bool = False) -> str:
         if compact:

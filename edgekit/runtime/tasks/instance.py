@@ -15,8 +15,8 @@ from edgekit.runtime.data import datasets
 from edgekit.runtime.measure.metrics import detection_map, instance_map
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_task
-from edgekit.runtime.tasks.base import Accuracy, Task, Truth
-from edgekit.runtime.tasks.detection import Detections, matches
+from edgekit.runtime.tasks.base import Accuracy, Fidelity, Task, Truth
+from edgekit.runtime.tasks.detection import Detections, MatchFidelity, matches
 
 # Ground truth of an image for this task: "boxes" and "classes" as for detection, and the objects' masks,
 # boolean [N, H, W] in the order of the boxes, under "instance_masks" or, as an instance dataset's
@@ -131,20 +131,35 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(union, 1)
 
 
-def mask_matches(found: Instances, masks: np.ndarray, classes: np.ndarray, iou: float = 0.5) -> int:
-    """How many of `found` match a mask of the same class (mask IoU >= iou), greedily from the highest score;
-    each mask matches once."""
+def mask_match_pairs(found: Instances, masks: np.ndarray, classes: np.ndarray,
+                     iou: float = 0.5) -> List[Tuple[int, int, float]]:
+    """(index in found, index in masks, mask IoU) of the instances that match a mask of the same class (mask
+    IoU >= iou), greedily from the highest score; each mask matches once."""
     if len(found) == 0 or len(masks) == 0:
-        return 0
+        return []
     ious = mask_iou(found.masks, masks)
     ious[found.classes[:, None] != np.asarray(classes)[None, :]] = 0
-    matched = 0
+    pairs = []
     for i in np.argsort(-found.scores, kind="stable"):
         j = int(np.argmax(ious[i]))
         if ious[i, j] >= iou:
+            pairs.append((int(i), j, float(ious[i, j])))
             ious[:, j] = 0
-            matched += 1
-    return matched
+    return pairs
+
+
+def mask_matches(found: Instances, masks: np.ndarray, classes: np.ndarray, iou: float = 0.5) -> int:
+    """How many of `found` match a mask of the same class (mask IoU >= iou); see mask_match_pairs."""
+    return len(mask_match_pairs(found, masks, classes, iou))
+
+
+class InstanceFidelity(MatchFidelity):
+    """MatchFidelity with instances matched by mask IoU."""
+
+    key, iou_name = "instance_f1", "mean_mask_iou"
+
+    def pairs(self, reference: Any, other: Any) -> List[Tuple[int, int, float]]:
+        return mask_match_pairs(other, reference.masks, reference.classes)
 
 
 def instance_f1(ref: Instances, other: Instances, iou: float = 0.5) -> float:
@@ -252,6 +267,9 @@ class InstanceSegmentation(Task):
 
     def agreement(self, reference: Instances, other: Instances) -> float:
         return instance_f1(reference, other)
+
+    def fidelity(self, card: ModelCard) -> Fidelity:
+        return InstanceFidelity(card.score_threshold)
 
     def accuracy_text(self, metrics: Mapping[str, Any], compact: bool = False) -> str:
         if compact:
