@@ -115,7 +115,8 @@ def test_int8_writes_the_cpu_engine_and_the_tensorrt_qdq_file(det_onnx, calib_di
     assert is_symmetric_int8(onnx.load(str(qdq)))
     u8s8 = onnx.load(str(engine))
     assert any(i.data_type == onnx.TensorProto.UINT8 for i in u8s8.graph.initializer)
-    assert manifest["int8"]["method"] == "percentile" and manifest["int8"]["calibration"]["images"] == 8
+    assert manifest["int8"]["method"] == "percentile" and manifest["int8"]["calibration"]["images"] == 6
+    assert manifest["int8"]["held_out"]["images"] == 2  # the last 2 of the 8: never calibrated on
     assert "/Softplus" in manifest["int8"]["kept_fp32"]  # box decoding stays in float
     assert embedded_card(u8s8, "x").name == "det"
     y = open_engine(engine).infer(np.zeros((1, 3, 64, 96), np.float32))["output0"]
@@ -131,7 +132,7 @@ def test_keep_fp32_by_op_type_is_reported(seg_ckpt, calib_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     kept = json.loads(mf.path_for(engine).read_text())["int8"]["kept_reason"]
     assert any(reason == "--keep-fp32 Resize" for reason in kept.values())
-    assert "pixel_agreement" in r.stdout
+    assert "mask_iou" in r.stdout and "pixel agreement" in r.stdout
 
 
 def test_if_stale_rebuilds_only_on_change(det_onnx, tmp_path):
@@ -223,14 +224,16 @@ def test_calibration_problems(det_onnx, calib_dir, tmp_path):
     shutil.copytree(calib_dir, broken)
     (broken / "000001.jpg").write_bytes(b"\xff\xd8 not really")
     assert_one_line_error(run_cli(*base, "--calib", str(broken)), "000001.jpg: unreadable calibration image")
-    gray = tmp_path / "gray"
-    gray.mkdir()
-    cv2.imwrite(str(gray / "g.png"), np.zeros((32, 32), np.uint8))
-    assert_one_line_error(run_cli(*base, "--calib", str(gray)), "g.png: grayscale image")
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(calib_dir / "000001.jpg", one)
+    assert_one_line_error(run_cli(*base, "--calib", str(one)), "1 image: INT8 holds part of the calibration "
+                          "source out", "--val")
     assert not (tmp_path / "e.onnx").exists()
     r = run_cli(*base, "--calib", str(calib_dir), "--calib-size", "50")
     assert r.returncode == 0, r.stderr
-    assert "has 8 calibration images, fewer than the 50 asked; using 8" in r.stderr
+    assert "has 8 images; 2 are held out to measure INT8 agreement, leaving 6 to calibrate on, fewer than the " \
+           "50 asked" in r.stderr
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -227,7 +227,7 @@ def test_library_and_timm_backed_segmenters(tmp_path, source, code):
     assert r.returncode == 0, r.stderr
     assert "output layout logits" in r.stdout
     assert run_cli("export", str(tmp_path / "c"), "-o", str(tmp_path / "m.onnx")).returncode == 0
-    assert "pixel_agreement 1.0000" in build_and_stream(tmp_path / "m.onnx", tmp_path / "e.onnx")
+    assert "mask_iou 1.0000, pixel agreement 1.0000" in build_and_stream(tmp_path / "m.onnx", tmp_path / "e.onnx")
 
 
 def test_a_users_module_with_two_outputs(tmp_path):

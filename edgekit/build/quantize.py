@@ -93,6 +93,42 @@ class _Reader:
         self.given = 0
 
 
+class Quantizer:
+    """One calibration, then as many quantized files as asked from the same activation ranges, each with its own
+    nodes left in floating point (the accuracy-budget search writes one pair per step).
+
+    `tensors` is iterated more than once (two passes for the histogram methods) and never held whole. The
+    ranges and the opset-upgraded copy of the graph live in `work` (the build's private folder)."""
+
+    def __init__(self, fp32_path: Path, input_name: str, tensors: Iterable[np.ndarray], method: str,
+                 keep: Sequence[str], work: Path) -> None:
+        import onnx
+
+        if method not in METHODS:
+            raise EdgekitError(f"--calib-method {method}: choose one of {', '.join(METHODS)}")
+        model = onnx.load(str(fp32_path))
+        if _opset(model) < MIN_OPSET:
+            model = _upgrade_opset(model, fp32_path)
+            fp32_path = work / (fp32_path.stem + f".opset{MIN_OPSET}.onnx")
+            onnx.save(model, str(fp32_path))
+        self.fp32_path, self.method, self.model = fp32_path, method, model
+        self.kept = resolve_keep(model, keep, str(fp32_path))  # the output tail and --keep-fp32
+        with _quiet(), _room_judged(fp32_path, work):
+            self.ranges = calibrate(fp32_path, input_name, tensors, method, work)
+
+    def write(self, trt_out: Path, cpu_out: Optional[Path], more: Optional[Dict[str, str]] = None,
+              keep_activations: bool = False) -> Dict[str, str]:
+        """The TensorRT-style symmetric Q/DQ file and (unless cpu_out is None) the U8S8 CPU file, with the nodes
+        in `more` (name -> reason) left in floating point too. Returns every node left in floating point.
+
+        With `keep_activations`, the U8S8 file keeps its Relu/Clip nodes (ONNX Runtime folds them into the
+        asymmetric range of the pair before them by default: a Q/DQ pair taken off later would lose the Relu)."""
+        kept = {**self.kept, **(more or {})}
+        with _quiet(), _room_judged(self.fp32_path, trt_out.parent):
+            _quantize_files(self.fp32_path, self.ranges, trt_out, cpu_out, self.method, kept, keep_activations)
+        return kept
+
+
 def quantize(
     fp32_path: Path,
     input_name: str,
@@ -102,29 +138,41 @@ def quantize(
     method: str = "minmax",
     keep: Sequence[str] = (),
 ) -> Dict[str, str]:
-    """Write the TensorRT-style symmetric Q/DQ file and (unless cpu_out is None) the U8S8 CPU file.
+    """Write the TensorRT-style symmetric Q/DQ file and (unless cpu_out is None) the U8S8 CPU file from one
+    calibration. Returns the nodes left in floating point, each with the reason."""
+    # Scratch files beside the outputs (the build's private folder): a full disk names the output's disk, and
+    # whatever removes that folder (an error, SIGTERM) removes these too.
+    with tempfile.TemporaryDirectory(prefix="calib-", dir=trt_out.parent) as tmp:
+        return Quantizer(fp32_path, input_name, tensors, method, keep, Path(tmp)).write(trt_out, cpu_out)
 
-    `tensors` is iterated more than once (two passes for the histogram methods) and never held whole.
-    Returns the nodes left in floating point, each with the reason."""
-    import onnx
 
-    if method not in METHODS:
-        raise EdgekitError(f"--calib-method {method}: choose one of {', '.join(METHODS)}")
-    model = onnx.load(str(fp32_path))
-    if _opset(model) < MIN_OPSET:
-        model = _upgrade_opset(model, fp32_path)
-        fp32_path = fp32_path.with_name(fp32_path.stem + f".opset{MIN_OPSET}.onnx")
-        onnx.save(model, str(fp32_path))
-    kept = resolve_keep(model, keep, str(fp32_path))
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime.quantization's pre-processing hint (root logger) and the histogram calibrators' progress
+    (stdout) are noise beside our summary."""
     hint_filter = _QuietPreprocessHint()
     logging.getLogger().addFilter(hint_filter)
     try:
-        # The histogram calibrators print their progress to stdout; our summary says what matters.
         with contextlib.redirect_stdout(io.StringIO()):
-            _quantize_both(fp32_path, input_name, tensors, trt_out, cpu_out, method, kept)
+            yield
     finally:
         logging.getLogger().removeFilter(hint_filter)
-    return kept
+
+
+@contextlib.contextmanager
+def _room_judged(fp32_path: Path, folder: Path) -> Iterator[None]:
+    """A failure judged while the scratch files still fill the disk: onnx's shape inference (inside
+    quantize_static) writes its copy of the model from native code and fails silently on a full disk, which shows
+    up later as a parse error; while the scratch files are still there, the lack of room can be seen."""
+    try:
+        yield
+    except Exception as e:
+        from edgekit.build.export import write_failure
+
+        failure = write_failure(e, folder / "quantized.onnx", folder, fp32_path.stat().st_size)
+        if failure is None:
+            raise
+        raise failure from None
 
 
 # Per-channel weights need DequantizeLinear's `axis`, which came with opset 13; Ultralytics exports opset 12
@@ -285,31 +333,10 @@ def _method_enum() -> Dict[str, Any]:
             "percentile": CalibrationMethod.Percentile}
 
 
-def _quantize_both(fp32_path: Path, input_name: str, tensors: Iterable[np.ndarray], trt_out: Path,
-                   cpu_out: Optional[Path], method: str, kept: Dict[str, str]) -> None:
-    """One calibration, then both files quantized from the same activation ranges."""
-    # Scratch files beside the outputs (the build's private folder): a full disk names the output's disk, and
-    # whatever removes that folder (an error, SIGTERM) removes these too.
-    with tempfile.TemporaryDirectory(prefix="calib-", dir=trt_out.parent) as tmp:
-        try:
-            _calibrate_and_quantize(fp32_path, input_name, tensors, trt_out, cpu_out, method, kept, Path(tmp))
-        except Exception as e:
-            # Judged before the scratch files go: onnx's shape inference (inside quantize_static) writes its copy
-            # of the model from native code and fails silently on a full disk, which shows up later as a parse
-            # error; while the scratch files still fill the disk, the lack of room can be seen.
-            from edgekit.build.export import write_failure
-
-            failure = write_failure(e, trt_out, trt_out.parent, fp32_path.stat().st_size)
-            if failure is None:
-                raise
-            raise failure from None
-
-
-def _calibrate_and_quantize(fp32_path: Path, input_name: str, tensors: Iterable[np.ndarray], trt_out: Path,
-                            cpu_out: Optional[Path], method: str, kept: Dict[str, str], tmp: Path) -> None:
+def _quantize_files(fp32_path: Path, ranges: Path, trt_out: Path, cpu_out: Optional[Path], method: str,
+                    kept: Dict[str, str], keep_activations: bool = False) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    ranges = calibrate(fp32_path, input_name, tensors, method, tmp)
     common: Dict[str, Any] = dict(quant_format=QuantFormat.QDQ, per_channel=True,
                                   calibrate_method=_method_enum()[method], nodes_to_exclude=sorted(kept),
                                   calibration_cache_path=str(ranges))
@@ -321,4 +348,5 @@ def _calibrate_and_quantize(fp32_path: Path, input_name: str, tensors: Iterable[
     if cpu_out is not None:
         # ONNX Runtime CPU: uint8 asymmetric activations with int8 per-channel weights (U8S8).
         quantize_static(str(fp32_path), str(cpu_out), None, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, **common)
+                        weight_type=QuantType.QInt8, extra_options={"QDQKeepRemovableActivations": keep_activations},
+                        **common)

@@ -10,8 +10,10 @@ from edgekit.cli.common import (
     add_out,
     card_overrides,
     count,
+    points,
     positive_int,
 )
+from edgekit.runtime.text import printable
 
 
 def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -31,6 +33,13 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     be.add_argument("--calib-method", default="minmax", choices=CALIB_METHODS, metavar="METHOD",
                     help="INT8 calibration: %(choices)s (default minmax)")
     be.add_argument("--calib-size", type=positive_int, default=200, help="calibration images to use (default 200)")
+    be.add_argument("--val", metavar="IMAGES_OR_VIDEO",
+                    help="frames to measure agreement with FP32 on (default for INT8: the end of --calib, held out "
+                         "of calibration)")
+    be.add_argument("--val-size", type=positive_int, default=50, help="agreement frames to use (default 50)")
+    be.add_argument("--accuracy-budget", type=points, metavar="POINTS",
+                    help="INT8: keep the tensors whose quantization costs most in floating point until agreement "
+                         "with FP32 on the held-out frames is within POINTS (100 x (1 - agreement))")
     be.add_argument("--keep-fp32", action="append", metavar="NODE_OR_OP", help="keep a node or op type out of INT8")
     be.add_argument("--dla-core", type=count, help="build for this DLA core (TensorRT on Jetson), GPU fallback on")
     be.add_argument("--workspace", type=positive_int, default=1024, metavar="MB",
@@ -47,13 +56,14 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
 
 def run(args: argparse.Namespace) -> int:
     from edgekit.build.engine_build import BuildOptions, build_engine, placement_summary
+    from edgekit.build.int8_search import SHOWN
 
     opts = BuildOptions(
         backend=args.backend, precision=args.precision, calib=args.calib, calib_method=args.calib_method,
         calib_size=args.calib_size, keep_fp32=args.keep_fp32 or [], dla_core=args.dla_core,
         workspace_mb=args.workspace, timing_cache=args.timing_cache, sparsity=args.sparsity,
         max_batch=args.max_batch, if_stale=args.if_stale, card_file=args.card, card_overrides=card_overrides(args),
-        layout=args.layout,
+        layout=args.layout, val=args.val, val_size=args.val_size, accuracy_budget=args.accuracy_budget,
     )
     rep = build_engine(args.model, args.out, opts)
     if rep.up_to_date:
@@ -81,11 +91,51 @@ def run(args: argparse.Namespace) -> int:
               ("" if s["sparse"] else " (none: TensorRT keeps dense kernels; make zeros with edgekit prune "
                                       "--sparsity 2:4)"))
     a = rep.agreement
-    key = rep.agreement_key
-    print(f"agreement with FP32 on {a.get('source') or str(a['frames']) + ' frames'}: {key} {a[key]:.4f}, "
-          f"max abs output diff {a['max_abs_diff']}")
+    print(f"agreement with FP32 on {a.get('source') or str(a['frames']) + ' frames'}:")
+    print(f"  {'engine' if rep.precision != 'int8' else 'engine file':<14}{agreement_text(rep.agreement_key, a)}")
     if "tensorrt_qdq_predicted" in a:
-        t = a["tensorrt_qdq_predicted"]
-        print(f"TensorRT Q/DQ file on this CPU (predicts the Jetson INT8 engine): {key} {t[key]:.4f}, "
-              f"max abs output diff {t['max_abs_diff']}")
+        print(f"  {'TensorRT Q/DQ':<14}{agreement_text(rep.agreement_key, a['tensorrt_qdq_predicted'])} (this file on "
+              "this CPU predicts the Jetson INT8 engine)")
+    if a.get("note"):
+        print(f"  note: {a['note']}")
+    if rep.sensitivity:
+        top = ", ".join(f"{printable(s['tensor'])} {s['sqnr_db']:.1f} dB" for s in rep.sensitivity[:SHOWN])
+        print(f"noisiest INT8 tensors (SQNR of their own Q/DQ; all {len(rep.sensitivity)} in the manifest): {top}")
+    if rep.budget is not None:
+        print(budget_text(rep.budget))
     return 0
+
+
+def agreement_text(key: str, a: dict) -> str:
+    """'detection_f1 0.9876, mean box IoU 0.951, mean |score diff| 0.012 (max 0.08), max abs output diff 0.3'."""
+    from edgekit.runtime.tasks.detection import MatchFidelity
+
+    parts = [f"{key} {a[key]:.4f}"]
+    if "mean_box_iou" in a or "mean_mask_iou" in a:
+        iou = a.get("mean_box_iou", a.get("mean_mask_iou"))
+        parts.append(f"mean {'box' if 'mean_box_iou' in a else 'mask'} IoU {iou:.3f}, mean |score diff| "
+                     f"{a['mean_score_diff']:.3f} (max {a['max_score_diff']:.3f}), {a['matched']} of "
+                     f"{a['reference_count']} FP32 results matched" +
+                     (f", {a['unmatched']} unmatched ({a['unmatched_borderline']} scored within "
+                      f"{MatchFidelity.BORDERLINE} of the threshold)" if a.get("unmatched") else ""))
+    if "pixel_agreement" in a:
+        worst = min(((v, c) for c, v in a.get("per_class_iou", {}).items() if v is not None), default=None)
+        parts.append(f"pixel agreement {a['pixel_agreement']:.4f}" +
+                     (f", lowest class IoU {worst[0]:.3f} ({printable(worst[1])})" if worst else ""))
+    parts.append(f"max abs output diff {a['max_abs_diff']}")
+    return ", ".join(parts)
+
+
+def budget_text(b: dict, shown: int = 10) -> str:
+    """The budget search: one line per step, then the outcome."""
+    lines = [f"accuracy budget {b['budget_points']:g} points of {b['measure']} (the worse INT8 file):"]
+    for s in b["steps"]:
+        agreement = ", ".join(f"{k} {v:.4f}" for k, v in s["agreement"].items())
+        latency = "" if s["latency_vs_fp32"] is None else f", latency {s['latency_vs_fp32']:.2f}x FP32"
+        lines.append(f"  {s['groups_in_float']:>3} groups ({s['tensors_in_float']} tensors) in float: "
+                     f"{agreement}{latency}")
+    outcome = "met" if b["met"] else "NOT met: the closest step is what was written"
+    groups = ", ".join(printable(g) for g in b["groups_in_float"][:shown]) or "none"
+    lines.append(f"  {outcome}: {b['points_lost']:.2f} points lost with {len(b['groups_in_float'])} groups in float "
+                 f"({groups})")
+    return "\n".join(lines)

@@ -49,6 +49,7 @@ non_negative = _ranged(float, 0, what=" of 0 or more")  # tolerances, weights
 fraction = _ranged(float, 0, 1, what=" between 0 and 1")  # thresholds
 open_fraction = _ranged(float, 0, 1, lo_open=True, hi_open=True, what=" strictly between 0 and 1")  # shares
 byte_value = _ranged(int, 0, 255, what=" between 0 and 255")  # pixel values
+points = _ranged(float, 0, 100, hi_open=True, what=" of points, from 0 to below 100")  # accuracy budgets
 finite = _ranged(float)  # the card checks the range itself, with a hint (mean 123.7 -> 0.485)
 
 

@@ -133,15 +133,19 @@ def _stamp(path: Path) -> Tuple[int, int]:
     return (st.st_size, st.st_mtime_ns)
 
 
-def _read_colour(path: Path, data: bytes) -> np.ndarray:
+def _read_colour(path: Path, data: bytes, grey: Optional[List[Path]] = None) -> np.ndarray:
+    """The image as BGR uint8; a grey image (a monochrome camera's frames) becomes the same grey in B, G and R,
+    and is listed in `grey` where given."""
     buf = np.frombuffer(data, np.uint8)
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
     if img is None:
         raise EdgekitError(f"{path}: unreadable calibration image (corrupt or not an image)")
-    if img.ndim == 2 or img.shape[2] == 1:
-        raise EdgekitError(f"{path}: grayscale image, but the model takes colour input; convert the set to colour")
     if img.dtype != np.uint8:
         raise EdgekitError(f"{path}: {img.dtype} image; calibration needs 8-bit images")
+    if img.ndim == 2 or img.shape[2] == 1:
+        if grey is not None:
+            grey.append(path)
+        return cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2BGR)
     return img[..., :3] if img.shape[2] == 4 else img
 
 
@@ -198,37 +202,43 @@ def video_frame_count(path: Path) -> int:
     return n
 
 
-def load(source: "str | Path", size: int) -> CalibrationSet:
-    """Up to `size` calibration frames from an image folder or a video, described (not decoded into memory);
-    every frame is decoded once here to refuse bad images before any work starts. Warns when fewer exist.
+def load(source: "str | Path", size: int, span: Tuple[float, float] = (0.0, 1.0), role: str = "calibration",
+         warn_short: bool = True) -> CalibrationSet:
+    """Up to `size` frames from an image folder or a video, described (not decoded into memory); every frame is
+    decoded once here to refuse bad images before any work starts. Warns when fewer exist.
 
-    The hash is what it has always been for the same inputs: sha256 over each image's file name and bytes in
-    order (a folder), or over the video's bytes and the frame indices asked for (a video)."""
+    `span` takes a part of the source, as fractions of its sorted files or of its frames (held_out_split): the
+    frames are spread over that part only. The hash is what it has always been for the same inputs: sha256 over
+    each image's file name and bytes in order (a folder), or over the video's bytes and the frame indices asked
+    for (a video)."""
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
-        raise EdgekitError(f"calibration size {size!r}: calibrate on 1 image or more")
+        raise EdgekitError(f"{role} size {size!r}: use 1 image or more")
     src = Path(source)
     h = hashlib.sha256()
     if src.is_dir():
-        files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
-        if not files:
-            raise EdgekitError(f"{src}: calibration folder holds no images ({', '.join(IMAGE_EXTS)})")
+        files = _span(source_images(src, role), span)
         if len(files) > size:  # spread the choice over the whole (sorted) set
             files = [files[i] for i in video_frame_indices(len(files), size)]
-        digests = []
+        digests: List[bytes] = []
+        grey: List[Path] = []
         for f in files:
             data = _read_bytes(f)
-            _read_colour(f, data)  # refused here, not halfway through calibration
+            _read_colour(f, data, grey)  # refused here, not halfway through calibration
             h.update(f.name.encode())
             h.update(data)
             digests.append(hashlib.sha256(data).digest())
         calib = CalibrationSet(h.hexdigest(), f"{len(files)} images from {src}", files=tuple(files),
                                digests=tuple(digests))
+        if grey:
+            print(f"edgekit: note: {len(grey)} of the {len(files)} {role} images of {src} are grayscale (e.g. "
+                  f"{grey[0].name}); each is used as colour with the same grey in every channel", file=sys.stderr)
     elif src.is_file() and src.suffix.lower() in VIDEO_EXTS:
         stamp = _stamp(src)
-        indices = video_frame_indices(video_frame_count(src), size)
+        part = _span(list(range(video_frame_count(src))), span)
+        indices = [part[i] for i in video_frame_indices(len(part), size)]
         decoded = tuple(i for i, _ in iter_video_frames(src, indices))
         if not decoded:
-            raise EdgekitError(f"{src}: no frames could be decoded for calibration")
+            raise EdgekitError(f"{src}: no frames could be decoded for {role}")
         with open(src, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
@@ -236,41 +246,124 @@ def load(source: "str | Path", size: int) -> CalibrationSet:
         calib = CalibrationSet(h.hexdigest(), f"{len(decoded)} frames sampled from {src}", video=src,
                                indices=decoded, video_stamp=stamp)
     elif not src.exists():
-        raise EdgekitError(f"{src}: calibration source not found")
+        raise EdgekitError(f"{src}: {role} source not found")
     else:
-        raise EdgekitError(f"{src}: calibration source must be an image folder or a video ({', '.join(VIDEO_EXTS)})")
-    if len(calib) < size:
-        print(f"edgekit: warning: {src} has {len(calib)} calibration images, fewer than the {size} asked; "
+        raise EdgekitError(f"{src}: {role} source must be an image folder or a video ({', '.join(VIDEO_EXTS)})")
+    if warn_short and len(calib) < size:
+        print(f"edgekit: warning: {src} has {len(calib)} {role} images, fewer than the {size} asked; "
               f"using {len(calib)}", file=sys.stderr)
     return calib
 
 
-def pick_video_frames(path: Path, n: int, analysis_width: int = 64) -> List[int]:
-    """`edgekit calib-set`: the indices of n frames spread over time and over scene changes.
+def source_images(src: Path, role: str = "calibration") -> List[Path]:
+    """The images of a folder (and its subfolders), sorted by path; refused when there are none."""
+    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise EdgekitError(f"{src}: {role} folder holds no images ({', '.join(IMAGE_EXTS)})")
+    return files
 
-    Half the picks are evenly spaced in time; the other half are the frames that differ most from the
-    frame before (scene changes, new objects), so rare scenes get into the set too. One small grey frame is
-    held at a time; decode the picks with iter_video_frames.
-    """
+
+def source_length(source: "str | Path") -> int:
+    """How many images (a folder) or frames (a video) a calibration source holds."""
+    src = Path(source)
+    if src.is_dir():
+        return len(source_images(src))
+    if src.is_file() and src.suffix.lower() in VIDEO_EXTS:
+        return video_frame_count(src)
+    if not src.exists():
+        raise EdgekitError(f"{src}: calibration source not found")
+    raise EdgekitError(f"{src}: calibration source must be an image folder or a video ({', '.join(VIDEO_EXTS)})")
+
+
+def _span(items: List[T], span: Tuple[float, float]) -> List[T]:
+    n = len(items)
+    return items[int(round(span[0] * n)):int(round(span[1] * n))]
+
+
+# What build-engine holds out of a calibration source to measure INT8 agreement on frames never calibrated on:
+# the END of the source (the last files by name, the last part of a video), not every k-th frame, whose
+# neighbours (a video's next frame, calib-set's next pick) would leak into calibration and flatter the figure.
+HOLD_OUT_SHARE = 0.2
+
+
+def held_out_split(source: "str | Path", size: int, held_out_size: int) -> Tuple[CalibrationSet, CalibrationSet]:
+    """(calibration set, held-out set) from one source: up to `size` frames spread over its first part, up to
+    `held_out_size` spread over its last HOLD_OUT_SHARE (at least one frame); refused below two frames."""
+    n = source_length(source)
+    if n < 2:
+        raise EdgekitError(f"{source}: {n} image{'s' if n != 1 else ''}: INT8 holds part of the calibration source "
+                           "out to measure its agreement with FP32 on frames it was not calibrated on; give 2 or "
+                           "more images, or pass --val IMAGES_OR_VIDEO")
+    cut = 1.0 - max(HOLD_OUT_SHARE, 1.0 / n)
+    cut = min(cut, (n - 1) / n)  # at least one frame to calibrate on
+    calib = load(source, size, (0.0, cut), warn_short=False)
+    held = load(source, held_out_size, (cut, 1.0), role="held-out", warn_short=False)
+    if len(calib) < size:
+        noun = "frames" if calib.video is not None else "images"
+        print(f"edgekit: warning: {source} has {n} {noun}; {len(held)} {'is' if len(held) == 1 else 'are'} held out "
+              f"to measure INT8 agreement, leaving {len(calib)} to calibrate on, fewer than the {size} asked",
+              file=sys.stderr)
+    return calib, held
+
+
+BGR_LUMA = (0.114, 0.587, 0.299)  # ITU-R BT.601 weights of B, G, R, as OpenCV's BGR2GRAY
+
+
+@dataclass
+class VideoScan:
+    """One pass over a video, per frame: how much it differs from the frame before (mean absolute difference of
+    small grey frames) and its mean luminance (0..255)."""
+
+    changes: List[float]
+    luminance: List[float]
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+
+def frame_luminance(frame: np.ndarray) -> float:
+    """Mean luminance (0..255) of a BGR (or grey) uint8 frame: the BT.601 weights of its channel means."""
+    if frame.ndim == 2 or frame.shape[2] == 1:
+        return float(frame.mean())
+    b, g, r = cv2.mean(frame)[:3]
+    return BGR_LUMA[0] * b + BGR_LUMA[1] * g + BGR_LUMA[2] * r
+
+
+def scan_video(path: Path, analysis_width: int = 64) -> VideoScan:
+    """Decode every frame of the video once, one frame held at a time; refused where none decodes."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise EdgekitError(f"{path}: cannot open video (missing codec, corrupt or not a video)")
-    diffs, prev = [], None
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        small = cv2.resize(frame, (analysis_width, max(1, frame.shape[0] * analysis_width // frame.shape[1])))
-        small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY).astype(np.float32)
-        diffs.append(0.0 if prev is None else float(np.abs(small - prev).mean()))
-        prev = small
-    cap.release()
-    count = len(diffs)
-    if count == 0:
+    changes: List[float] = []
+    luminance: List[float] = []
+    prev = None
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            luminance.append(frame_luminance(frame))
+            small = cv2.resize(frame, (analysis_width, max(1, frame.shape[0] * analysis_width // frame.shape[1])))
+            if small.ndim == 3:
+                small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+            small = small.astype(np.float32)
+            changes.append(0.0 if prev is None else float(np.abs(small - prev).mean()))
+            prev = small
+    finally:
+        cap.release()
+    if not changes:
         raise EdgekitError(f"{path}: no frames could be decoded")
+    return VideoScan(changes, luminance)
+
+
+def pick_frames(scan: VideoScan, n: int) -> List[int]:
+    """`edgekit calib-set`: the indices of n frames (fewer in a shorter video) spread over time and over scene
+    changes: half evenly spaced in time, the rest the frames that differ most from the frame before (scene
+    changes, new objects), so rare scenes get into the set too."""
+    count = len(scan)
     n = min(n, count)
     picks = set(video_frame_indices(count, (n + 1) // 2))
-    for i in np.argsort(-np.asarray(diffs), kind="stable"):
+    for i in np.argsort(-np.asarray(scan.changes), kind="stable"):
         if len(picks) >= n:
             break
         picks.add(int(i))
@@ -279,6 +372,12 @@ def pick_video_frames(path: Path, n: int, analysis_width: int = 64) -> List[int]
             break
         picks.add(i)
     return sorted(picks)
+
+
+def pick_video_frames(path: Path, n: int, analysis_width: int = 64) -> List[int]:
+    """pick_frames over a scan of the video (one small grey frame held at a time); decode the picks with
+    iter_video_frames."""
+    return pick_frames(scan_video(path, analysis_width), n)
 
 
 def select_from_video(path: Path, n: int, analysis_width: int = 64) -> Tuple[List[int], List[np.ndarray]]:

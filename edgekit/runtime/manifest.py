@@ -116,6 +116,9 @@ class Int8Record:
     kept_fp32: List[str]
     kept_reason: Dict[str, str]
     engine_file_is: str
+    held_out: Optional[CalibrationRecord] = None  # the end of the calibration source, measured on, never calibrated on
+    sensitivity: List[Dict[str, Any]] = field(default_factory=list)  # tensors by the noise their Q/DQ pair adds
+    budget: Optional[Dict[str, Any]] = None  # --accuracy-budget: the search, step by step
 
 
 @dataclass
@@ -137,12 +140,17 @@ class BuildFlags:
     workspace_mb: int = 1024
     sparsity: bool = False
     max_batch: int = 1
+    val: Optional[str] = None
+    val_size: Optional[int] = None
+    accuracy_budget: Optional[float] = None
 
     def problem(self) -> Optional[str]:
         """What is out of range, as 'build.flags.KEY ...', or None."""
         if self.calib_method is not None and not re.fullmatch(r"[a-z0-9_-]{1,32}", self.calib_method):
             return f"build.flags.calib_method {self.calib_method!r} is no calibration method"
-        for key, low in (("calib_size", 1), ("dla_core", 0), ("workspace_mb", 1), ("max_batch", 1)):
+        if self.accuracy_budget is not None and not 0 <= self.accuracy_budget < 100:
+            return f"build.flags.accuracy_budget {self.accuracy_budget} is not from 0 to below 100"
+        for key, low in (("calib_size", 1), ("dla_core", 0), ("workspace_mb", 1), ("max_batch", 1), ("val_size", 1)):
             value = getattr(self, key)
             if value is not None and value < low:
                 return f"build.flags.{key} is {value}, below {low}"
@@ -325,6 +333,12 @@ def rebuild_command(manifest: Manifest, engine: Path) -> str:
             args += ["--calib-method", flags.calib_method]
         if flags.calib_size:
             args += ["--calib-size", str(flags.calib_size)]
+        if flags.accuracy_budget is not None:
+            args += ["--accuracy-budget", f"{flags.accuracy_budget:g}"]
+    if flags.val:
+        args += ["--val", flags.val]
+        if flags.val_size:
+            args += ["--val-size", str(flags.val_size)]
     for name in flags.keep_fp32:
         args += ["--keep-fp32", name]
     if flags.dla_core is not None:
