@@ -196,3 +196,20 @@ def test_remove_qdq_gives_a_valid_graph_without_those_pairs(det_onnx, tiny_synth
     assert not any(n.op_type == "DequantizeLinear" for n in model.graph.node)
     s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(s.run(None, {card.input_name: x})[0], outputs["fp32"], atol=1e-4)
+
+
+def test_each_sub_folder_is_held_out_on_its_own_and_a_spread_is_named(tmp_path):
+    """One sub-folder per camera: the end of each is held out (not just the last camera), and agreement that
+    differs strongly between them is a warning naming the worst."""
+    from edgekit.build.engine_build import source_spread_warning
+
+    root = tmp_path / "cams"
+    root.mkdir()
+    images(root / "gate", 5)
+    images(root / "yard", 5)
+    calib, held = calibration.held_out_split(root, 200, 50)
+    assert [f"{f.parent.name}/{f.name}" for f in held.files] == ["gate/f004.png", "yard/f004.png"]
+    assert len(calib) == 8 and not set(calib.files) & set(held.files)
+    warning = source_spread_warning({"by_source": {"gate": 0.99, "yard": 0.9}}, "detection_f1")
+    assert "varies across the held-out sources by 9.0 points" in warning and "like yard too" in warning
+    assert source_spread_warning({"by_source": {"gate": 0.99, "yard": 0.97}}, "detection_f1") is None

@@ -29,6 +29,7 @@ from edgekit.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.manifest import BackendRecord
 from edgekit.runtime.measure import evaluate
+from edgekit.runtime.text import printable
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")
 
@@ -273,6 +274,9 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     card, seconds, kept, agreement, final_files, placement, ranked, budget = built
+    spread = source_spread_warning(agreement, registry.task(card.task).agreement_key)
+    if spread:
+        print(f"edgekit: warning: {spread}", file=sys.stderr)
     if judged is None:
         print(f"edgekit: note: no --calib given: agreement with FP32 was measured on {SYNTHETIC_FRAMES} synthetic "
               "scenes, not on your images", file=sys.stderr)
@@ -347,7 +351,7 @@ def _build_in(work: Path, model: Any, onnx_path: Path, out: Path, opts: BuildOpt
     with cls.load(built.engine, built.record) as engine, \
             (OnnxRuntimeBackend(qdq) if qdq else contextlib.nullcontext()) as qdq_engine:
         measured = measure_agreements(card, fp32, {"engine": engine, "qdq": qdq_engine} if qdq_engine
-                                      else {"engine": engine}, judge)
+                                      else {"engine": engine}, judge, _sources(judged))
     agreement = measured["engine"]
     if "qdq" in measured:
         agreement["tensorrt_qdq_predicted"] = measured["qdq"]
@@ -406,6 +410,13 @@ class _Done(NamedTuple):
     placement: Dict[str, List[str]]
     sensitivity: List[Dict[str, Any]]
     budget: Optional[Dict[str, Any]]
+
+
+def _sources(frames: Optional[calibration.CalibrationSet]) -> Optional[List[str]]:
+    """Each frame's source: its sub-folder in the folder given (a video or a flat folder is one source)."""
+    if frames is None or frames.root is None:
+        return None
+    return [str(f.parent.relative_to(frames.root)) for f in frames.files]
 
 
 def _judged_source(judged: Optional[calibration.CalibrationSet], calib: Optional[calibration.CalibrationSet],
@@ -632,19 +643,50 @@ class AgreementMeter:
         return out
 
 
-def measure_agreements(card: ModelCard, fp32: Path, engines: Dict[str, Backend],
-                       tensors: Iterable[np.ndarray]) -> Dict[str, Dict[str, Any]]:
+def measure_agreements(card: ModelCard, fp32: Path, engines: Dict[str, Backend], tensors: Iterable[np.ndarray],
+                       sources: Optional[List[str]] = None) -> Dict[str, Dict[str, Any]]:
     """Each engine against the FP32 ONNX on ONNX Runtime, in one pass over the frames (they may be thousands of
     calibration images): one burst of frames and of their FP32 outputs held at a time, each session run over
-    the whole burst in turn (calibration.BURST says why)."""
+    the whole burst in turn (calibration.BURST says why). With `sources` (each frame's, in order) the agreement
+    of each source is given too (`by_source`)."""
     meters = {k: AgreementMeter(card) for k in engines}
+    task = registry.task(card.task)
+    per_source: Dict[str, Dict[str, Any]] = {k: {} for k in engines}
+    labels = iter(sources or [])
     with OnnxRuntimeBackend(fp32) as ref:
         for chunk in calibration.bursts(tensors):
             expected = [ref.infer([x]) for x in chunk]
+            names = [next(labels, "") for _ in chunk]
             for k, engine in engines.items():
-                for x, r in zip(chunk, expected):
-                    meters[k].add(r, engine.infer([x]))
-    return {k: m.result() for k, m in meters.items()}
+                for x, r, name in zip(chunk, expected, names):
+                    got = engine.infer([x])
+                    meters[k].add(r, got)
+                    if sources:
+                        f = per_source[k].setdefault(name, task.fidelity(card))
+                        f.add(meters[k].decode(r), meters[k].decode(got))
+    results = {k: m.result() for k, m in meters.items()}
+    if sources and len(set(sources)) > 1:
+        for k, result in results.items():
+            result["by_source"] = {n: f.summary()[task.agreement_key] for n, f in sorted(per_source[k].items())}
+    return results
+
+
+SOURCE_SPREAD = 5.0  # points of agreement between the best and the worst held-out source worth a warning
+
+
+def source_spread_warning(agreement: Dict[str, Any], key: str) -> Optional[str]:
+    """A warning where the held-out sources (sub-folders) agree with FP32 very differently: the calibration set
+    represents some of them less well than others."""
+    by = agreement.get("by_source") or {}
+    if len(by) < 2:
+        return None
+    worst, best = min(by, key=by.get), max(by, key=by.get)
+    spread = 100 * (by[best] - by[worst])
+    if spread < SOURCE_SPREAD:
+        return None
+    return (f"INT8 agreement with FP32 varies across the held-out sources by {spread:.1f} points ({key} "
+            f"{by[worst]:.4f} on {printable(worst)}, {by[best]:.4f} on {printable(best)}): calibrate on frames "
+            f"like {printable(worst)} too")
 
 
 def measure_agreement(card: ModelCard, reference: Iterable[Dict[str, np.ndarray]], engine: Backend,

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                                       "--sparsity 2:4)"))
     a = rep.agreement
     print(f"agreement with FP32 on {a.get('source') or str(a['frames']) + ' frames'}:")
-    print(f"  {'engine' if rep.precision != 'int8' else 'engine file':<14}{agreement_text(rep.agreement_key, a)}")
+    print(f"  {'engine':<14}{agreement_text(rep.agreement_key, a)}")
     if "tensorrt_qdq_predicted" in a:
         print(f"  {'TensorRT Q/DQ':<14}{agreement_text(rep.agreement_key, a['tensorrt_qdq_predicted'])} (this file on "
               "this CPU predicts the Jetson INT8 engine)")

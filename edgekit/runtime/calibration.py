@@ -43,6 +43,7 @@ class CalibrationSet:
     video: Optional[Path] = None
     indices: Tuple[int, ...] = ()
     video_stamp: Tuple[int, int] = (0, 0)  # (size, mtime_ns) of the video at load time
+    root: Optional[Path] = None  # the folder given (its sub-folders are the frames' sources)
 
     def __len__(self) -> int:
         return len(self.indices) if self.video is not None else len(self.files)
@@ -203,20 +204,20 @@ def video_frame_count(path: Path) -> int:
 
 
 def load(source: "str | Path", size: int, span: Tuple[float, float] = (0.0, 1.0), role: str = "calibration",
-         warn_short: bool = True) -> CalibrationSet:
+         warn_short: bool = True, by_folder: bool = False) -> CalibrationSet:
     """Up to `size` frames from an image folder or a video, described (not decoded into memory); every frame is
     decoded once here to refuse bad images before any work starts. Warns when fewer exist.
 
-    `span` takes a part of the source, as fractions of its sorted files or of its frames (held_out_split): the
-    frames are spread over that part only. The hash is what it has always been for the same inputs: sha256 over
-    each image's file name and bytes in order (a folder), or over the video's bytes and the frame indices asked
-    for (a video)."""
+    `span` takes a part of the source, as fractions of its sorted files (of each sub-folder's, `by_folder`) or of
+    its frames (held_out_split): the frames are spread over that part only. The hash is what it has always been
+    for the same inputs: sha256 over each image's file name and bytes in order (a folder), or over the video's
+    bytes and the frame indices asked for (a video)."""
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
         raise EdgekitError(f"{role} size {size!r}: use 1 image or more")
     src = Path(source)
     h = hashlib.sha256()
     if src.is_dir():
-        files = _span(source_images(src, role), span)
+        files = (_span_each if by_folder else _span)(source_images(src, role), span)
         if len(files) > size:  # spread the choice over the whole (sorted) set
             files = [files[i] for i in video_frame_indices(len(files), size)]
         digests: List[bytes] = []
@@ -228,7 +229,7 @@ def load(source: "str | Path", size: int, span: Tuple[float, float] = (0.0, 1.0)
             h.update(data)
             digests.append(hashlib.sha256(data).digest())
         calib = CalibrationSet(h.hexdigest(), f"{len(files)} images from {src}", files=tuple(files),
-                               digests=tuple(digests))
+                               digests=tuple(digests), root=src)
         if grey:
             print(f"edgekit: note: {len(grey)} of the {len(files)} {role} images of {src} are grayscale (e.g. "
                   f"{grey[0].name}); each is used as colour with the same grey in every channel", file=sys.stderr)
@@ -280,9 +281,22 @@ def _span(items: List[T], span: Tuple[float, float]) -> List[T]:
     return items[int(round(span[0] * n)):int(round(span[1] * n))]
 
 
+def _span_each(files: List[Path], span: Tuple[float, float]) -> List[Path]:
+    """The span of each sub-folder's files (sorted files of one folder are consecutive): with one folder per
+    camera or scene, every source is both calibrated on and held out."""
+    groups: List[List[Path]] = []
+    for f in files:
+        if groups and groups[-1][0].parent == f.parent:
+            groups[-1].append(f)
+        else:
+            groups.append([f])
+    return [f for g in groups for f in _span(g, span)]
+
+
 # What build-engine holds out of a calibration source to measure INT8 agreement on frames never calibrated on:
-# the END of the source (the last files by name, the last part of a video), not every k-th frame, whose
-# neighbours (a video's next frame, calib-set's next pick) would leak into calibration and flatter the figure.
+# the END of the source (the last files by name of each sub-folder, the last part of a video), not every k-th
+# frame, whose neighbours (a video's next frame, calib-set's next pick) would leak into calibration and flatter
+# the figure.
 HOLD_OUT_SHARE = 0.2
 
 
@@ -296,8 +310,11 @@ def held_out_split(source: "str | Path", size: int, held_out_size: int) -> Tuple
                            "more images, or pass --val IMAGES_OR_VIDEO")
     cut = 1.0 - max(HOLD_OUT_SHARE, 1.0 / n)
     cut = min(cut, (n - 1) / n)  # at least one frame to calibrate on
-    calib = load(source, size, (0.0, cut), warn_short=False)
-    held = load(source, held_out_size, (cut, 1.0), role="held-out", warn_short=False)
+    # Each sub-folder (a camera, a scene) split on its own where every part keeps frames; else the folder whole.
+    by_folder = Path(source).is_dir() and all(_span_each(source_images(Path(source)), part)
+                                              for part in ((0.0, cut), (cut, 1.0)))
+    calib = load(source, size, (0.0, cut), warn_short=False, by_folder=by_folder)
+    held = load(source, held_out_size, (cut, 1.0), role="held-out", warn_short=False, by_folder=by_folder)
     if len(calib) < size:
         noun = "frames" if calib.video is not None else "images"
         print(f"edgekit: warning: {source} has {n} {noun}; {len(held)} {'is' if len(held) == 1 else 'are'} held out "
