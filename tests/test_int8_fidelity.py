@@ -156,7 +156,6 @@ def test_accuracy_budget_search_writes_the_step_it_reports(tmp_path):
     assert [g["gain"] for g in b["groups"]] == sorted((g["gain"] for g in b["groups"]), reverse=True)
     steps = {s["groups_in_float"]: s for s in b["steps"]}
     assert 100 * (1 - min(steps[0]["agreement"].values())) > 0.5  # INT8 as is misses the budget
-    assert steps[len(b["groups"])]["agreement"] == {"tensorrt_qdq_onnx": 1.0, "onnxruntime_u8s8_onnx": 1.0}
     chosen = steps[len(b["groups_in_float"])]
     assert b["met"] and 0 < len(b["groups_in_float"]) < len(b["groups"]) and b["points_lost"] <= 0.5
     # What was written is what the chosen step measured: its agreement is the build's agreement.

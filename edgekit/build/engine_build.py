@@ -451,7 +451,8 @@ def _quantize(fp32: Path, card: ModelCard, tensors: calibration.Preprocessed, ju
     key = registry.task(card.task).agreement_key
     quantizer.write(trt, cpu, keep_activations=True)  # pairs taken off later must not lose a folded Relu
     base = {kind: onnx.load(str(path)) for kind, path in files.items()}
-    weights = {t.name: t for t in onnx.load(str(quantizer.fp32_path)).graph.initializer}
+    fp32_graph = onnx.load(str(quantizer.fp32_path))
+    weights = {t.name: t for t in fp32_graph.graph.initializer}
     # Groups ranked on a few calibration frames, spread over the set (the held-out frames judge the steps).
     wanted = set(calibration.video_frame_indices(len(tensors), int8_search.SENSITIVITY_FRAMES))
     few = _Reference(card, fp32, [x for i, x in enumerate(tensors) if i in wanted])
@@ -464,7 +465,8 @@ def _quantize(fp32: Path, card: ModelCard, tensors: calibration.Preprocessed, ju
         names = [o.name for o in session.get_outputs()]
         return agreement_loss(few.fidelity(lambda x: dict(zip(names, session.run(None, {card.input_name: x})))), key)
 
-    groups = int8_search.rank_groups(int8_search.module_groups(ranked), base[TENSORRT_QDQ], loss, weights)
+    tensors_by_module = int8_search.module_groups(int8_search.quantized_tensors(base.values(), fp32_graph))
+    groups = int8_search.rank_groups(tensors_by_module, list(base.values()), loss, weights)
 
     def try_step(in_float: List[str]) -> "tuple[Dict[str, float], Optional[float]]":
         for kind, path in files.items():

@@ -203,13 +203,25 @@ class Group:
                 "loss": round(self.loss, 4)}
 
 
-def module_groups(ranked: Sequence[Sensitivity], parts: int = 16) -> List[Group]:
-    """The quantized activations grouped by the module that makes them, from the node names' path ('/model.22/
-    cv2.0/...'): a group of more than 1/`parts` of all is split one level further, so a network comes out in a
-    few dozen groups of similar size. Where the names carry no path (or give too many groups), consecutive
-    stretches of the SQNR ranking instead."""
-    tensors = [s.tensor for s in ranked]
-    producers = {s.tensor: s.producer for s in ranked}
+def quantized_tensors(models: Iterable[Any], fp32: Any) -> Dict[str, str]:
+    """Every activation with a Q/DQ pair in any of the Q/DQ graphs (the two INT8 files place them differently),
+    each with the FP32 graph's node that makes it (the graph input: its own name)."""
+    producer = {o: n.name for n in fp32.graph.node for o in n.output}
+    found: Dict[str, str] = {}
+    for m in models:
+        for n in m.graph.node:
+            if n.op_type == "QuantizeLinear" and n.input and n.input[0] not in found:
+                found[n.input[0]] = producer.get(n.input[0], n.input[0])
+    return found
+
+
+def module_groups(tensors: Dict[str, str], parts: int = 16) -> List[Group]:
+    """The quantized activations (name -> the node that makes it) grouped by module, from the node names' path
+    ('/model.22/cv2.0/...'): a group of more than 1/`parts` of all is split one level further, so a network comes
+    out in a few dozen groups of similar size. Where the names carry no path (or give too many groups),
+    consecutive stretches of them instead."""
+    producers = dict(tensors)
+    tensors = list(producers)
     limit = max(8, -(-len(tensors) // parts))
 
     def path(t: str) -> List[str]:
@@ -225,25 +237,31 @@ def module_groups(ranked: Sequence[Sensitivity], parts: int = 16) -> List[Group]
             return split(depth + 1, members, name)
         return [g for key, part in sorted(sub.items()) for g in split(depth + 1, part, key)]
 
-    groups = split(0, tensors, "/")
+    groups = split(0, list(tensors), "/")
     if len(groups) > 4 * parts or len(groups) == 1:
-        groups = [Group(f"SQNR rank {i + 1}-{min(i + limit, len(tensors))}", tensors[i:i + limit])
+        groups = [Group(f"tensors {i + 1}-{min(i + limit, len(tensors))}", tensors[i:i + limit])
                   for i in range(0, len(tensors), limit)]
     return groups
 
 
-def rank_groups(groups: List[Group], qdq: Any, loss: Callable[[bytes], float],
+def rank_groups(groups: List[Group], models: Sequence[Any], loss: Callable[[bytes], float],
                 float_weights: Optional[Dict[str, Any]] = None) -> List[Group]:
-    """Each group's Q/DQ pairs taken off on its own, the Q/DQ graph's agreement loss measured (`loss` runs the
-    serialized graph); groups ranked by what that buys, most first."""
+    """Each group's Q/DQ pairs taken off on its own, the agreement loss of the Q/DQ graphs measured (`loss` runs
+    a serialized graph; the losses of the graphs add up); groups ranked by what that buys, most first."""
     import onnx
 
-    base = loss(qdq.SerializeToString())
+    def total(tensors: Sequence[str]) -> float:
+        lost = 0.0
+        for qdq in models:
+            m = onnx.ModelProto()
+            m.CopyFrom(qdq)
+            remove_qdq(m, tensors, float_weights)
+            lost += loss(m.SerializeToString())
+        return lost
+
+    base = total([])
     for g in groups:
-        m = onnx.ModelProto()
-        m.CopyFrom(qdq)
-        remove_qdq(m, g.tensors, float_weights)
-        g.loss = loss(m.SerializeToString())
+        g.loss = total(g.tensors)
         g.gain = base - g.loss
     return sorted(groups, key=lambda g: (-g.gain, g.name))
 
