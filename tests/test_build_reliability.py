@@ -175,18 +175,20 @@ def test_manifest_records_the_calibration_and_agreement_source(det_onnx, tmp_pat
                 "--calib", str(CALIBRATION), "--calib-size", "6")
     assert r.returncode == 0, r.stderr
     m = json.loads(mf.path_for(engine).read_text())
-    source = f"6 images from {CALIBRATION}"
+    source = f"6 images from {CALIBRATION}"  # spread over the first 26 of the 32: the last 6 are held out
     assert m["int8"]["calibration"] == {"source": source, "images": 6,
-                                        "sha256": calibration.load(CALIBRATION, 6).sha256}
-    assert m["agreement"]["source"] == source and m["agreement"]["frames"] == 6
-    assert f"agreement with FP32 on {source}:" in r.stdout and "synthetic" not in r.stderr
+                                        "sha256": calibration.held_out_split(CALIBRATION, 6, 50)[0].sha256}
+    held = f"6 images from {CALIBRATION}: the end of --calib, held out of calibration"
+    assert m["agreement"]["source"] == held and m["agreement"]["frames"] == 6
+    assert f"agreement with FP32 on {held}:" in r.stdout and "synthetic" not in r.stderr
 
     # FP32 with --calib: the agreement is measured on the user's images, not on synthetic scenes
     r = run_cli("build-engine", str(det_onnx), "-o", str(engine), "--backend", "onnxruntime", "--calib",
                 str(CALIBRATION), "--calib-size", "5")
     assert r.returncode == 0, r.stderr
     m = json.loads(mf.path_for(engine).read_text())
-    assert m["agreement"]["source"] == f"5 images from {CALIBRATION}" and m["agreement"]["frames"] == 5
+    assert m["agreement"]["source"] == f"5 images from {CALIBRATION} (--calib; this precision is not calibrated)"
+    assert m["agreement"]["frames"] == 5
 
     # No --calib at all: the synthetic fallback is said and recorded
     r = run_cli("build-engine", str(det_onnx), "-o", str(engine), "--backend", "onnxruntime")
@@ -272,7 +274,7 @@ def test_sigterm_during_build_engine_removes_its_temporary_folder(det_onnx, tmp_
     out.mkdir()
     child = subprocess.Popen(
         [sys.executable, "-m", "edgekit", "build-engine", str(det_onnx), "-o", str(out / "e.onnx"), "--backend",
-         "onnxruntime", "--precision", "int8", "--calib", str(CALIBRATION), "--calib-size", "32",
+         "onnxruntime", "--precision", "int8", "--calib", str(CALIBRATION), "--calib-size", "26",
          "--calib-method", "percentile"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

@@ -213,7 +213,8 @@ def load(source: "str | Path", size: int, span: Tuple[float, float] = (0.0, 1.0)
     for the same inputs: sha256 over each image's file name and bytes in order (a folder), or over the video's
     bytes and the frame indices asked for (a video)."""
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
-        raise EdgekitError(f"{role} size {size!r}: use 1 image or more")
+        verb = "calibrate on" if role == "calibration" else "use"
+        raise EdgekitError(f"{role} size {size!r}: {verb} 1 image or more")
     src = Path(source)
     h = hashlib.sha256()
     if src.is_dir():
