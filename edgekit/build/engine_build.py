@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional
 
 import numpy as np
 
@@ -299,7 +299,7 @@ def _frames(opts: BuildOptions, precision: str) -> "tuple[Frames, Frames]":
     if precision != "int8":
         calib = calibration.load(opts.calib, opts.calib_size)
         return calib, val or calib
-    if val is None:
+    if val is None or not opts.val:
         return calibration.held_out_split(opts.calib, opts.calib_size, opts.val_size)
     calib = calibration.load(opts.calib, opts.calib_size)
     both = set(calib.digests) & set(val.digests)
@@ -493,7 +493,7 @@ class _Reference:
         with OnnxRuntimeBackend(fp32) as ref:
             self.results = [self.decode(ref.infer([x])) for x in frames]
 
-    def fidelity(self, run: Callable[[np.ndarray], Dict[str, np.ndarray]]) -> Dict[str, Any]:
+    def fidelity(self, run: Callable[[np.ndarray], Mapping[str, Any]]) -> Dict[str, Any]:
         """The task's agreement figures of `run` (one preprocessed frame -> raw outputs) against FP32's."""
         f = registry.task(self.card.task).fidelity(self.card)
         for x, result in zip(self.frames, self.results):
@@ -682,7 +682,7 @@ def source_spread_warning(agreement: Dict[str, Any], key: str) -> Optional[str]:
     by = agreement.get("by_source") or {}
     if len(by) < 2:
         return None
-    worst, best = min(by, key=by.get), max(by, key=by.get)
+    worst, best = min(by, key=lambda n: by[n]), max(by, key=lambda n: by[n])
     spread = 100 * (by[best] - by[worst])
     if spread < SOURCE_SPREAD:
         return None
