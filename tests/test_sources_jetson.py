@@ -18,7 +18,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import MODEL_CACHE, ROOT
+from conftest import MODEL_CACHE, ROOT, cache_lock
 from test_stream import RtspServer, free_port, needs_rtsp_server
 
 from edgekit.errors import EdgekitError
@@ -347,20 +347,23 @@ def ffmpeg4_opencv() -> Path:
     target = MODEL_CACHE / "opencv-4.5.5-ffmpeg-4.4"
     if (target / "cv2").is_dir() and (target / "numpy").is_dir():
         return target
-    wheels = MODEL_CACHE / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d",
-                        str(wheels), *FFMPEG4_WHEELS], capture_output=True, text=True, timeout=900)
-    found = [next(iter(sorted(wheels.glob(f"{w.split('==')[0].replace('-', '_')}-{w.split('==')[1]}-*.whl"))), None)
-             for w in FFMPEG4_WHEELS]
-    if r.returncode != 0 or None in found:
-        why = (r.stderr.strip().splitlines() or ["?"])[-1]
-        pytest.skip(f"{', '.join(FFMPEG4_WHEELS)} could not be downloaded: {why}")
-    part = target.with_suffix(".part")
-    for whl in found:
-        with zipfile.ZipFile(whl) as z:
-            z.extractall(part)
-    part.rename(target)
+    with cache_lock():  # parallel workers: one downloads and unpacks, the others wait and find it
+        if (target / "cv2").is_dir() and (target / "numpy").is_dir():
+            return target
+        wheels = MODEL_CACHE / "wheels"
+        wheels.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d",
+                            str(wheels), *FFMPEG4_WHEELS], capture_output=True, text=True, timeout=900)
+        found = [next(iter(sorted(wheels.glob(f"{w.split('==')[0].replace('-', '_')}-{w.split('==')[1]}-*.whl"))),
+                      None) for w in FFMPEG4_WHEELS]
+        if r.returncode != 0 or None in found:
+            why = (r.stderr.strip().splitlines() or ["?"])[-1]
+            pytest.skip(f"{', '.join(FFMPEG4_WHEELS)} could not be downloaded: {why}")
+        part = target.with_suffix(".part")
+        for whl in found:
+            with zipfile.ZipFile(whl) as z:
+                z.extractall(part)
+        part.rename(target)
     return target
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
-from conftest import MODEL_CACHE, ROOT
+from conftest import MODEL_CACHE, ROOT, cache_lock
 
 BACKEND = ROOT / "edgekit" / "runtime" / "backends" / "tensorrt.py"
 CACHE = MODEL_CACHE / "tensorrt-bindings"
@@ -262,10 +262,11 @@ def stub_libs() -> Path:
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed: the stub TensorRT libraries cannot be built")
     folder = CACHE / f"stubs-{hashlib.sha256(STUB_C.encode()).hexdigest()[:12]}"
-    folder.mkdir(parents=True, exist_ok=True)
-    source = folder / "nvinfer_stub.c"
-    if not source.is_file():
-        source.write_text(STUB_C)
+    with cache_lock():  # parallel workers: none reads the source while another one writes it
+        folder.mkdir(parents=True, exist_ok=True)
+        source = folder / "nvinfer_stub.c"
+        if not source.is_file():
+            source.write_text(STUB_C)
     return folder
 
 
@@ -291,15 +292,16 @@ def bindings(generation: str, stubs: Path) -> Bindings:
         return _BINDINGS[generation]
     dist, version = WHEELS[generation]
     tried = []
-    for python, tag in _interpreters():
-        wheel = _wheel(dist, version, tag)
-        tried.append(tag)
-        if wheel is None:
-            continue
-        site = _unzipped(wheel)
-        _stubs_for(site / "tensorrt_bindings" / "tensorrt.so", stubs)
-        _BINDINGS[generation] = Bindings(python, site, _numpy_for(python, tag))
-        return _BINDINGS[generation]
+    with cache_lock():  # parallel workers fill the cache one at a time (downloads, unpacked wheels, stubs)
+        for python, tag in _interpreters():
+            wheel = _wheel(dist, version, tag)
+            tried.append(tag)
+            if wheel is None:
+                continue
+            site = _unzipped(wheel)
+            _stubs_for(site / "tensorrt_bindings" / "tensorrt.so", stubs)
+            _BINDINGS[generation] = Bindings(python, site, _numpy_for(python, tag))
+            return _BINDINGS[generation]
     pytest.skip(f"{dist}=={version} has no wheel for the Pythons here ({', '.join(tried)}); pip: "
                 f"{_PIP_SAID.get(dist, '?')}")
 
