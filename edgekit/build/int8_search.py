@@ -8,12 +8,12 @@ from every pair before it) is reported beside it.
 
 That local noise does not say what it costs the task (on a real YOLOv8n the noisiest tensors by SQNR bought
 nothing when kept in float, and the search ended near FP32). So the budget search measures it: the activations
-are grouped by module (the exporter's node-name paths: '/model.22/cv2.0', '/backbone/layer3'), each group's
-Q/DQ pairs are taken off on their own and the Q/DQ graph's task agreement with FP32 is measured on a few
-calibration frames; groups are ranked by what that buys. Then the most sensitive groups go to floating point,
-1, 2, 4, 8, ... of them, both INT8 files written each step, their agreement measured on the held-out frames,
-until both are within the budget; then it bisects down to the fewest groups that meet it. Each step's agreement
-and latency are reported, so the cost of every step is visible.
+that either INT8 file quantizes are grouped by module (the exporter's node-name paths: '/model.22/cv2.0',
+'/backbone/layer3'), each group's Q/DQ pairs are taken off on their own and both files' task agreement with
+FP32 is measured on a few calibration frames; groups are ranked by what that buys. Then the most sensitive
+groups go to floating point, 1, 2, 4, 8, ... of them, both INT8 files written each step, their agreement
+measured on the held-out frames, until both are within the budget; then it bisects down to the fewest groups
+that meet it. Each step's agreement and latency are reported, so the cost of every step is visible.
 """
 
 import time
@@ -32,7 +32,6 @@ class Sensitivity:
     tensor: str
     sqnr_db: float  # noise added by this tensor's own Q/DQ pair (lower: more)
     model_sqnr_db: Optional[float]  # the Q/DQ graph's tensor against the FP32 graph's (accumulated error)
-    producer: str  # the node that makes it (its name carries the module path the groups follow)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"tensor": self.tensor, "sqnr_db": round(self.sqnr_db, 2),
@@ -44,7 +43,6 @@ def sensitivity(fp32: Path, qdq: Path, input_name: str, tensors: Iterable[np.nda
     """Activations of the Q/DQ graph ranked by the noise their own Q/DQ pair adds, noisiest first, measured on
     up to `frames` of `tensors`, one frame's activations held at a time (a 1024x1024 YOLOv8n has hundreds of MB
     of them per frame)."""
-    import onnx
     import onnxruntime as ort
     from onnxruntime.quantization.qdq_loss_debug import (
         create_activation_matching,
@@ -72,9 +70,7 @@ def sensitivity(fp32: Path, qdq: Path, input_name: str, tensors: Iterable[np.nda
                 _accumulate(model, tensor, np.concatenate(m["float"]).ravel(), post)
     for p in saved.values():
         p.unlink()
-    graph = onnx.load(str(fp32), load_external_data=False).graph
-    producer = {o: n.name for n in graph.node for o in n.output}
-    ranked = [Sensitivity(t, _db(signal, noise), _db(*model[t]) if t in model else None, producer.get(t, t))
+    ranked = [Sensitivity(t, _db(signal, noise), _db(*model[t]) if t in model else None)
               for t, (signal, noise) in local.items()]
     ranked.sort(key=lambda s: (s.sqnr_db, s.tensor))
     return ranked
