@@ -38,8 +38,9 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
                          "of calibration)")
     be.add_argument("--val-size", type=positive_int, default=50, help="agreement frames to use (default 50)")
     be.add_argument("--accuracy-budget", type=points, metavar="POINTS",
-                    help="INT8: keep the tensors whose quantization costs most in floating point until agreement "
-                         "with FP32 on the held-out frames is within POINTS (100 x (1 - agreement))")
+                    help="INT8: take the parts of the network whose quantization costs most out of INT8 until "
+                         "agreement with FP32 on the held-out frames is within POINTS (100 x (1 - agreement)) "
+                         "for both INT8 files")
     be.add_argument("--keep-fp32", action="append", metavar="NODE_OR_OP", help="keep a node or op type out of INT8")
     be.add_argument("--dla-core", type=count, help="build for this DLA core (TensorRT on Jetson), GPU fallback on")
     be.add_argument("--workspace", type=positive_int, default=1024, metavar="MB",
