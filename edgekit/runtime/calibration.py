@@ -316,7 +316,7 @@ def held_out_split(source: "str | Path", size: int, held_out_size: int) -> Tuple
                                               for part in ((0.0, cut), (cut, 1.0)))
     calib = load(source, size, (0.0, cut), warn_short=False, by_folder=by_folder)
     held = load(source, held_out_size, (cut, 1.0), role="held-out", warn_short=False, by_folder=by_folder)
-    if len(calib) < size:
+    if size > n:  # the source is short of what was asked (holding some out is edgekit's doing: not warned)
         noun = "frames" if calib.video is not None else "images"
         print(f"edgekit: warning: {source} has {n} {noun}; {len(held)} {'is' if len(held) == 1 else 'are'} held out "
               f"to measure INT8 agreement, leaving {len(calib)} to calibrate on, fewer than the {size} asked",
