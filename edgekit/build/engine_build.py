@@ -346,6 +346,10 @@ def _build_in(work: Path, model: Any, onnx_path: Path, out: Path, opts: BuildOpt
     ))
     if built.record.int8_path == mf.INT8_IMPLICIT:
         kept = {}  # TensorRT calibrated every layer itself: the Q/DQ file's choices do not apply to this engine
+        if budget is not None:
+            print("edgekit: warning: --accuracy-budget chose what the Q/DQ file keeps out of INT8, but TensorRT "
+                  "calibrated this engine itself (DLA or TensorRT 8.5/8.6, implicit INT8): the choice does not "
+                  "reach it; the agreement below is the engine's own", file=sys.stderr)
     # What the Jetson engine will do, predicted on this CPU: the symmetric Q/DQ file on ONNX Runtime.
     qdq = files[TENSORRT_QDQ] if precision == "int8" and cls.capabilities.int8_file != TENSORRT_QDQ else None
     with cls.load(built.engine, built.record) as engine, \
