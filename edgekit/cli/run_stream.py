@@ -1,10 +1,21 @@
 """`edgekit run-stream`: an engine on a video stream, with latency per stage."""
 
 import argparse
+from pathlib import Path
 from typing import List
 
-from edgekit.cli.common import add_out, add_task_filter, count, fraction, positive_float, positive_int, seconds
-from edgekit.errors import EXIT_CODES
+from edgekit.cli.common import (
+    add_out,
+    add_task_filter,
+    count,
+    fraction,
+    non_negative,
+    positive_float,
+    positive_int,
+    seconds,
+)
+from edgekit.errors import EXIT_CODES, EdgekitError
+from edgekit.runtime.stream import DEFAULT_BATCH_WAIT_MS
 
 
 def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -18,9 +29,28 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
                + ". The report is written after a source failure, Ctrl-C and SIGTERM too.",
     )
     rs.add_argument("engine", help="engine from build-engine (or an ONNX from edgekit export)")
-    rs.add_argument("source", help="video file, image folder, camera index, /dev/videoN, "
-                                   "csi://N?mode=M&size=WxH&fps=F (sensor N, nvarguscamerasrc sensor mode M, scaled "
-                                   "to WxH in nvvidconv; all optional), rtsp://..., synthetic://")
+    rs.add_argument("source", nargs="*",
+                    help="video file, image folder, camera index, /dev/videoN, csi://N?mode=M&size=WxH&fps=F (sensor "
+                         "N, nvarguscamerasrc sensor mode M, scaled to WxH in nvvidconv; all optional), rtsp://..., "
+                         "synthetic://. Several sources feed the one engine (batched with --batch), each with its own "
+                         "outputs in --out/source-K/ and its own lines in the report")
+    rs.add_argument("--sources", metavar="FILE",
+                    help="a text file of sources, one a line (lines starting with # are comments), after those given "
+                         "as arguments")
+    rs.add_argument("--workers", type=positive_int, metavar="N",
+                    help="inference workers: N ONNX Runtime sessions (CPU: the cores shared among them) or N TensorRT "
+                         "execution contexts, each on its own CUDA stream; frames leave in order (default: from the "
+                         "backend and this machine's cores: ONNX Runtime on CPU up to 4 one-thread sessions, "
+                         "TensorRT 2)")
+    rs.add_argument("--batch", type=positive_int, default=1, metavar="B",
+                    help="infer up to B ready frames at once (an engine with a dynamic batch axis, or built with "
+                         "--max-batch B); the report gives the batch sizes used (default 1)")
+    rs.add_argument("--batch-wait", type=non_negative, default=DEFAULT_BATCH_WAIT_MS, metavar="MS",
+                    help="how long a batch waits for more frames of a live source once its first frame is ready "
+                         f"(default {DEFAULT_BATCH_WAIT_MS:g})")
+    rs.add_argument("--video-fps", type=positive_float, metavar="FPS",
+                    help="draw and encode only this many frames a second into annotated.mp4 (default: every frame); "
+                         "the others cost no drawing or encoding")
     add_out(rs, "runs/stream")
     add_task_filter(rs)
     rs.add_argument("--max-frames", type=count, default=0)
@@ -63,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
     from edgekit.runtime.stream.report import markdown
     from edgekit.runtime.stream.runner import StreamOptions, exit_status, run_stream
 
+    sources = list(args.source)
+    if args.sources:
+        sources += read_sources(args.sources)
+    if not sources:
+        raise EdgekitError("run-stream: give a source (a video file, camera, rtsp://..., ...) or --sources FILE")
     opts = StreamOptions(
         out=args.out, task=args.task, save_video=not args.no_video, jsonl=not args.no_jsonl, show=args.show,
         max_frames=args.max_frames, duration=args.duration, loop=args.loop, score_threshold=args.score_threshold,
@@ -70,14 +105,28 @@ def run(args: argparse.Namespace) -> int:
         rtsp_transport=args.rtsp_transport, rtsp_latency_ms=args.rtsp_latency, decoder=args.decoder,
         progress=not args.quiet,
         power=not args.no_power, overwrite=args.overwrite, video_max_mb=args.video_max_mb,
-        video_segments=args.video_segments,
+        video_segments=args.video_segments, video_fps=args.video_fps, workers=args.workers, batch=args.batch,
+        batch_wait_ms=args.batch_wait,
     )
-    r = run_stream(args.engine, args.source, opts)
+    r = run_stream(args.engine, sources, opts)
     print(markdown(r), end="")
     print(f"\nreport: {args.out}/report.json, {args.out}/report.md" +
           (f", plots: {', '.join(r['plots'])}" if r.get("plots") else ""))
-    video = r["outputs"].get("video_files")
-    if video and video["files"]:
-        names = ", ".join(f"{args.out}/{f['name']}" for f in video["files"])
-        print(f"annotated video: {names} ({video['bytes_on_disk'] / 1e6:.1f} MB)")
+    outputs = r["outputs"].get("sources") or [r["outputs"]]
+    for k, out in enumerate(outputs):
+        video = out.get("video_files")
+        where = f"{args.out}/source-{k}" if len(outputs) > 1 else args.out
+        if video and video["files"]:
+            names = ", ".join(f"{where}/{f['name']}" for f in video["files"])
+            print(f"annotated video: {names} ({video['bytes_on_disk'] / 1e6:.1f} MB)")
     return exit_status(r)  # 130/143 where Ctrl-C/SIGTERM ended the run
+
+
+def read_sources(path: str) -> List[str]:
+    """The sources listed in a text file, one a line; blank lines and # comments skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgekitError(f"--sources {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]

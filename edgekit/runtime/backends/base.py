@@ -200,6 +200,17 @@ class Backend(ABC):
         lost its manifest from an FP32 one."""
         return None
 
+    def parallel_plan(self, cores: int) -> Tuple[int, int]:
+        """(inference workers, intra-op threads each; 0: the runtime's default) that run-stream uses by default on
+        a machine with `cores` cores. One worker, unless the backend can run several (`worker`)."""
+        return 1, 0
+
+    def worker(self, threads: int) -> "Backend":
+        """Another handle on this engine for a parallel inference worker: its own session or execution context,
+        with its own stream and buffers, and `threads` intra-op threads where the runtime has them (0: its
+        default). The engine itself is shared where the runtime allows; close the worker before this backend."""
+        raise EdgekitError(f"{self.label or self.name}: this backend runs one inference worker (--workers 1)")
+
     def batch_limit(self) -> Optional[int]:
         """The largest batch this engine takes; None where any batch goes (a dynamic batch axis)."""
         first = self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape else 1

@@ -184,6 +184,9 @@ def layer_times_from_trace(events: Sequence[Dict[str, Any]], skip_runs: int) -> 
     return sorted(layers, key=lambda t: -t.ms), len(counted)
 
 
+MAX_CPU_WORKERS = 4  # sessions run-stream opens by default on a CPU provider (each holds the model's weights)
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     label = "ONNX Runtime"
@@ -242,6 +245,24 @@ class OnnxRuntimeBackend(Backend):
                          for o in self.session.get_outputs()]
         self._names = [o.name for o in self._outputs]
         self._timing = Timing()
+
+    def parallel_plan(self, cores: int) -> Tuple[int, int]:
+        """On the CPU provider, one-thread sessions side by side: N of them outrun one N-thread session, whose
+        threads meet at every operator (BENCHMARKS.md: YOLOv8n@320 on 2 cores, 121 vs 89-98 frames/s). Up to 4
+        sessions, each with its share of the cores; on a GPU provider, two sessions (copies and compute of
+        consecutive frames overlap)."""
+        if any(p != "CPUExecutionProvider" for p in self._providers):
+            return 2, 0
+        workers = max(1, min(cores, MAX_CPU_WORKERS))
+        return workers, max(1, cores // workers)
+
+    def worker(self, threads: int) -> "Backend":
+        """A second session on the same file, providers and options, with `threads` intra-op threads."""
+        options = dict(self._session_options)
+        if threads:
+            options.update(intra_op_num_threads=threads, inter_op_num_threads=1)
+        return OnnxRuntimeBackend(self._path, providers=self._providers, session_options=options,
+                                  pipelined=self._pipelined)
 
     def quantized_ops(self) -> Optional[List[str]]:
         """The quantized op types in the ONNX file this session runs (empty: none); None where it cannot be read."""

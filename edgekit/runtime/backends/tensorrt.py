@@ -628,9 +628,7 @@ class TensorRTBackend(Backend):
                 self.engine = self.trt_runtime.deserialize_cuda_engine(Path(path).read_bytes())
                 if self.engine is None:
                     raise EdgekitError(f"{path}: TensorRT cannot deserialize it: {log.tail()}")
-                self.context = self.engine.create_execution_context()
-                self.stream = self.cuda.stream()
-                self.events = [self.cuda.event() for _ in range(4)]
+                self._open_context()
         except BaseException:
             self._release()
             raise
@@ -645,6 +643,39 @@ class TensorRTBackend(Backend):
             else:
                 self._outputs.append(spec)
         self._closed = False
+
+    def _open_context(self) -> None:
+        """This handle's execution context, stream and timing events (inside `cuda.active()`)."""
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise EdgekitError(f"TensorRT cannot create an execution context (out of device memory?): "
+                               f"{LOG.recent.tail(2)}")
+        self.stream = self.cuda.stream()
+        self.events = [self.cuda.event() for _ in range(4)]
+
+    def parallel_plan(self, cores: int) -> Tuple[int, int]:
+        """Two execution contexts, each on its own stream: one frame's copies overlap the other's compute."""
+        return 2, 0
+
+    def worker(self, threads: int) -> "Backend":
+        """Another execution context of the same engine, on its own CUDA stream with its own page-locked and
+        device buffers (the engine's weights are shared)."""
+        if self._closed:
+            raise EdgekitError("this TensorRT engine was closed")
+        other = TensorRTBackend.__new__(TensorRTBackend)
+        other._closed = True
+        other.cuda, other._dla, other._max_batch = self.cuda, self._dla, self._max_batch
+        other._pool, other._layers, other._timing = BufferPool(self.cuda), None, Timing()
+        other.trt_runtime, other.engine = self.trt_runtime, self.engine
+        other._inputs, other._outputs = list(self._inputs), list(self._outputs)
+        try:
+            with self.cuda.active():
+                other._open_context()
+        except BaseException:
+            other._release()
+            raise
+        other._closed = False
+        return other
 
     def batch_limit(self) -> Optional[int]:
         static = super().batch_limit()

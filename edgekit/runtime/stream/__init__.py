@@ -1,2 +1,5 @@
 """The stream runner (`edgekit run-stream`): source -> preprocess -> infer -> postprocess -> sink, one
 thread per stage with bounded queues (DESIGN.md section 5). Runtime side: never imports torch."""
+
+# How long a batch waits for more frames of a live source once its first frame is there (--batch-wait default).
+DEFAULT_BATCH_WAIT_MS = 5.0

@@ -13,25 +13,49 @@ from edgekit.runtime import registry
 from edgekit.runtime.artifacts import write_json, write_text
 from edgekit.runtime.jetson.power import markdown_lines as power_lines
 from edgekit.runtime.measure.stats import LatencyHistogram
-from edgekit.runtime.stream.pipeline import Pipeline
+from edgekit.runtime.stream.pipeline import Counters, Feed, Pipeline
 from edgekit.runtime.text import printable
 
 SCHEMA = "edgekit.stream-report/1"
+
+
+def _source(feed: Feed, wall_s: float) -> Dict[str, Any]:
+    src, c = feed.source, feed.counters
+    return {"uri": src.info.uri, "kind": src.info.kind, "live": src.info.live, "fps": src.info.fps,
+            "reconnects": src.reconnects, "reconnect_attempts": src.reconnect_attempts,
+            "skipped_inputs": [dict(x) for x in src.skipped], "decoder": src.info.decoder,
+            "notes": list(src.info.notes),
+            "frames": _frames(c), "throughput_fps": c.processed / wall_s, "end_to_end_ms": feed.end_to_end.summary(),
+            "stop_reason": feed.stop_reason, "error": str(feed.error) if feed.error is not None else None}
+
+
+def _frames(c: Counters) -> Dict[str, Any]:
+    return {"in": c.frames_in, "processed": c.processed, "dropped": c.dropped,
+            "accounted": c.frames_in == c.processed + c.dropped}
+
+
+def _inference(p: Pipeline) -> Dict[str, Any]:
+    batches = sum(p.batch_sizes.values())
+    return {"workers": len(p.workers), "threads_per_worker": p.threads_per_worker,
+            "frames_per_worker": list(p.worker_frames),
+            "batch": {"max": p.batch, "wait_ms": p.batch_wait_s * 1e3 if p.live and p.batch > 1 else 0.0,
+                      "batches": batches, "sizes": {str(k): v for k, v in sorted(p.batch_sizes.items())},
+                      "mean": sum(k * v for k, v in p.batch_sizes.items()) / batches if batches else None}}
 
 
 def build(p: Pipeline, extra: Dict[str, Any]) -> Dict[str, Any]:
     st = p.stats
     wall_s = max(1e-9, (p.t_end - p.t_start) / 1e9)
     c = p.counters
+    sources = [_source(feed, wall_s) for feed in p.feeds]
     report = {
         "schema": SCHEMA,
-        "source": {"uri": p.source.info.uri, "kind": p.source.info.kind, "live": p.source.info.live,
-                   "fps": p.source.info.fps, "reconnects": p.source.reconnects,
-                   "reconnect_attempts": p.source.reconnect_attempts,
-                   "skipped_inputs": [dict(x) for x in p.source.skipped],
-                   "decoder": p.source.info.decoder, "notes": list(p.source.info.notes)},
-        "frames": {"in": c.frames_in, "processed": c.processed, "dropped": c.dropped,
-                   "accounted": c.frames_in == c.processed + c.dropped},
+        # the first source, as a report of one source has always given it; `sources` has every one
+        "source": {k: v for k, v in sources[0].items()
+                   if k not in ("frames", "throughput_fps", "end_to_end_ms", "stop_reason", "error")},
+        "sources": sources,
+        "frames": _frames(c),
+        "inference": _inference(p),
         "stop_reason": p.stop_reason,
         "error": str(p.error) if p.error is not None else None,
         "wall_seconds": wall_s,
@@ -57,7 +81,8 @@ def markdown(r: Dict[str, Any]) -> str:
 
     fr = r["frames"]
     lines = [
-        f"# Stream report: {printable(r['source']['uri'])}",
+        f"# Stream report: {printable(r['source']['uri'])}" if len(r.get("sources", [])) <= 1 else
+        f"# Stream report: {len(r['sources'])} sources",
         "",
         f"- engine: {r.get('engine', {}).get('path', '')} ({r.get('engine', {}).get('backend', '')}, "
         f"{r.get('engine', {}).get('precision', '')})",
@@ -69,19 +94,32 @@ def markdown(r: Dict[str, Any]) -> str:
     ]
     if r.get("error"):
         lines.append(f"- error: {printable(r['error'])}")
-    video = (r.get("outputs") or {}).get("video_files")
-    if video:
-        rotated = (f"; {video['segments_written']} segments of up to {video['max_bytes'] / 1e6:.0f} MB, "
-                   f"{video['segments_deleted']} oldest deleted" if video["segments_written"] > 1 else "")
-        resized = f", {video['frames_resized']} letterboxed to its size" if video["frames_resized"] else ""
-        lines.append(f"- annotated video: {', '.join(f['name'] for f in video['files'])} "
-                     f"({video['bytes_on_disk'] / 1e6:.1f} MB on disk, {video['frames_written']} frames{resized}"
-                     f"{rotated})")
+    inf = r.get("inference")
+    if inf:
+        threads = f" x {inf['threads_per_worker']} thread{'s' if inf['threads_per_worker'] != 1 else ''}" \
+            if inf.get("threads_per_worker") else ""
+        b = inf["batch"]
+        sizes = ", ".join(f"{n} x {k}" for k, n in b["sizes"].items())
+        batching = (f"; batches of up to {b['max']} frames ({b['batches']} run: {sizes}; mean {b['mean']:.2f})"
+                    if b["max"] > 1 and b["batches"] else "")
+        lines.append(f"- inference: {inf['workers']} worker{'s' if inf['workers'] != 1 else ''}{threads}"
+                     f"{batching}")
+    outputs = r.get("outputs") or {}
+    for k, out in enumerate(outputs.get("sources") or [outputs]):
+        lines += _video_line(out.get("video_files"), f"source {k}: " if outputs.get("sources") else "")
     acc = r.get("accuracy")
     if acc:
         text = registry.task(r["engine"]["task"]).stream_accuracy_text(acc)
         lines.append(f"- accuracy against the source's ground truth: {text}")
     lines += power_lines(r.get("power"), r.get("jetson"))
+    if len(r.get("sources", [])) > 1:
+        lines += ["", "| source | frames in | processed | dropped | FPS | end to end p50 | p99 | stopped |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+        for k, s in enumerate(r["sources"]):
+            e2e, f = s["end_to_end_ms"], s["frames"]
+            p50, p99 = (f"{e2e['p50']:.2f}", f"{e2e['p99']:.2f}") if e2e.get("count") else ("–", "–")
+            lines.append(f"| {k}: {s['uri']} | {f['in']} | {f['processed']} | {f['dropped']} | "
+                         f"{s['throughput_fps']:.1f} | {p50} | {p99} | {s['error'] or s['stop_reason']} |")
     lines += ["", "| latency (ms) | p50 | p90 | p99 | max | mean | CV |", "|---|---:|---:|---:|---:|---:|---:|"]
     lines.append(row("**end to end**", r["end_to_end_ms"]))
     for s, st in r["stages_ms"].items():
@@ -91,6 +129,20 @@ def markdown(r: Dict[str, Any]) -> str:
     for q, st in r["queue_wait_ms"].items():
         lines.append(row(f"queue wait {q}", st))
     return printable("\n".join(lines) + "\n", multiline=True)  # the URI, error and notes came from outside
+
+
+def _video_line(video: Optional[Dict[str, Any]], which: str) -> List[str]:
+    if not video:
+        return []
+    rotated = (f"; {video['segments_written']} segments of up to {video['max_bytes'] / 1e6:.0f} MB, "
+               f"{video['segments_deleted']} oldest deleted" if video["segments_written"] > 1 else "")
+    resized = f", {video['frames_resized']} letterboxed to its size" if video["frames_resized"] else ""
+    left = [f"{video[k]} {what}" for k, what in (("frames_skipped", "left out by --video-fps"),
+                                                  ("frames_dropped", "dropped: the encoder was behind"))
+            if video.get(k)]
+    return [f"- {which}annotated video: {', '.join(f['name'] for f in video['files'])} "
+            f"({video['bytes_on_disk'] / 1e6:.1f} MB on disk, {video['frames_written']} frames{resized}"
+            f"{rotated}{''.join('; ' + x for x in left)})"]
 
 
 def _cdf_window(r: Dict[str, Any]) -> str:

@@ -3,22 +3,25 @@ pipeline, handles Ctrl-C/SIGTERM, and writes the report whatever happens. `exit_
 run that returned ended: 0, or 130/143 where Ctrl-C/SIGTERM stopped it; a run that failed raises."""
 
 import contextlib
+import os
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from edgekit.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EdgekitError, Terminated
 from edgekit.runtime.api import Model
 from edgekit.runtime.artifacts import OUT_OF_ROOM, RunFolder, run_folder
+from edgekit.runtime.backends.base import Backend
 from edgekit.runtime.jetson import power
 from edgekit.runtime.manifest import host_environment
-from edgekit.runtime.opening import open_model
+from edgekit.runtime.opening import Opened, open_model
+from edgekit.runtime.stream import DEFAULT_BATCH_WAIT_MS
 from edgekit.runtime.stream import report as report_mod
 from edgekit.runtime.stream.pipeline import Frame, Pipeline
 from edgekit.runtime.stream.sinks import JsonlSink, VideoSink, WindowSink
@@ -48,6 +51,10 @@ class StreamOptions:
     overwrite: bool = False  # replace an --out that holds other files than an earlier run
     video_max_mb: Optional[int] = None  # segment size; None: unlimited for files, DEFAULT_LIVE_VIDEO_MAX_MB live
     video_segments: int = 2  # finished segments kept besides the one being written
+    video_fps: Optional[float] = None  # draw and encode only this many frames a second of the source's
+    workers: Optional[int] = None  # inference workers; None: the backend's choice for this machine's cores
+    batch: int = 1  # frames inferred at once, at most (a dynamic-batch engine)
+    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS  # how long a batch waits for more frames of a live source
 
 
 # A live source runs for as long as it is left running: its annotated video rotates at this size by default.
@@ -65,13 +72,15 @@ def exit_status(report: Dict[str, Any]) -> int:
 
 
 class TruthSink:
-    """Accuracy against the source's per-frame ground truth, by the task's stream measure."""
+    """Accuracy against the sources' per-frame ground truth, by the task's stream measure, over the sources that
+    are `scored` (their truth names the model's classes)."""
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model, scored: Sequence[bool] = (True,)) -> None:
         self.accuracy = model.task.stream_accuracy(model.card)
+        self.scored = list(scored)
 
     def write(self, f: Frame) -> None:
-        if f.truth is not None:
+        if f.truth is not None and self.scored[f.source]:
             self.accuracy.add(f.result, f.truth)
 
     def close(self) -> None:
@@ -108,13 +117,19 @@ class Progress:
             print(file=sys.stderr)
 
 
-def run_stream(engine: "str | Path", source_uri: str, opts: StreamOptions) -> Dict[str, Any]:
-    """Run the stream into `opts.out`. The run is written into a fresh folder that replaces `opts.out` once
-    its report is written: an earlier run is never mixed with this one, and a run that fails before its
-    report (the model or the source did not open) leaves `opts.out` as it was."""
+def run_stream(engine: "str | Path", source_uri: "str | Sequence[str]", opts: StreamOptions) -> Dict[str, Any]:
+    """Run the stream (or several: a list of URIs feeding the one engine) into `opts.out`. The run is written
+    into a fresh folder that replaces `opts.out` once its report is written: an earlier run is never mixed with
+    this one, and a run that fails before its report (the model or a source did not open) leaves `opts.out` as
+    it was. With several sources each has its outputs in `source-K/` (K from 0, in the order given)."""
     if opts.queue_size < 1:  # 0 would make every queue unbounded: memory grows without limit on a live source
         raise EdgekitError(f"queue_size {opts.queue_size}: each queue holds at least 1 frame")
-    run = _Run(Path(engine), source_uri, opts)
+    uris = [source_uri] if isinstance(source_uri, str) else list(source_uri)
+    if not uris:
+        raise EdgekitError("no source given")
+    if opts.batch < 1 or (opts.workers is not None and opts.workers < 1):
+        raise EdgekitError(f"--batch {opts.batch} and --workers {opts.workers}: at least 1 each")
+    run = _Run(Path(engine), uris, opts)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, run.on_sigterm)
@@ -126,9 +141,44 @@ def run_stream(engine: "str | Path", source_uri: str, opts: StreamOptions) -> Di
             signal.signal(signal.SIGTERM, previous)
 
 
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # (not on Linux)
+        return max(1, os.cpu_count() or 1)
+
+
+def inference_workers(opened: Opened, workers: Optional[int], batch: int) -> Tuple[List[Backend], int]:
+    """The handles inference runs on and the intra-op threads each got (0: the runtime's default): `workers` of
+    them, or as many as the backend runs best on this machine's cores. A one-line error where the engine cannot
+    take batches of `batch` frames or the backend runs one worker only."""
+    backend = opened.backend
+    limit = backend.batch_limit()
+    if batch > 1 and limit is not None and limit < batch:
+        raise EdgekitError(f"{opened.path}: this engine takes batches of at most {limit} frame"
+                           f"{'s' if limit != 1 else ''}; run it with --batch {limit}, or make one that takes "
+                           f"{batch}: edgekit export --dynamic-batch {batch}, then build-engine --max-batch {batch}")
+    n_cores = cores()
+    auto_n, auto_threads = backend.parallel_plan(n_cores)
+    n = workers or auto_n
+    threads = auto_threads if n == auto_n else (max(1, n_cores // n) if auto_threads else 0)
+    if n == 1 and not threads:
+        return [backend], 0
+    opened_workers: List[Backend] = []
+    try:
+        for _ in range(n):
+            opened_workers.append(backend.worker(threads))
+    except BaseException:
+        for w in opened_workers:
+            w.close()
+        raise
+    return opened_workers, threads
+
+
 class _Run:
-    def __init__(self, engine: Path, source_uri: str, opts: StreamOptions) -> None:
-        self.engine, self.source_uri, self.opts = engine, source_uri, opts
+    def __init__(self, engine: Path, source_uris: List[str], opts: StreamOptions) -> None:
+        self.engine, self.source_uris, self.opts = engine, source_uris, opts
         self.pipeline: Optional[Pipeline] = None
 
     def on_sigterm(self, *_: Any) -> None:
@@ -143,40 +193,57 @@ class _Run:
         opts, out = self.opts, folder.path
         opened = open_model(self.engine, pipelined=True, task=opts.task)
         model = Model(opened, opts.score_threshold, opts.iou_threshold)
-        sinks: List[Any] = []
-        source: Optional[Source] = None
+        sinks: List[Any] = []  # every frame's
+        source_sinks: List[List[Any]] = []  # each source's own outputs
+        videos: List[Optional[VideoSink]] = []
+        sources: List[Source] = []
+        workers: List[Backend] = []
+        threads = 0
+        several = len(self.source_uris) > 1
         try:
-            source = open_source(self.source_uri, loop=opts.loop, timeout_s=opts.timeout, reconnect=opts.reconnect,
-                                 rtsp_transport=opts.rtsp_transport, rtsp_latency_ms=opts.rtsp_latency_ms,
-                                 decoder=opts.decoder)
-            # Score against the source's ground truth only where it names the model's classes (a model of other
+            workers, threads = inference_workers(opened, opts.workers, opts.batch)
+            for uri in self.source_uris:
+                sources.append(open_source(uri, loop=opts.loop, timeout_s=opts.timeout, reconnect=opts.reconnect,
+                                           rtsp_transport=opts.rtsp_transport, rtsp_latency_ms=opts.rtsp_latency_ms,
+                                           decoder=opts.decoder))
+            # Score against the sources' ground truth only where it names the model's classes (a model of other
             # classes on synthetic:// runs unscored).
-            scored = source.has_truth and source.truth_names.get(model.task.truth_kind) == list(model.card.classes)
-            truth = TruthSink(model) if scored else None
+            scored = [s.has_truth and s.truth_names.get(model.task.truth_kind) == list(model.card.classes)
+                      for s in sources]
+            truth = TruthSink(model, scored) if any(scored) else None
             if truth is not None:
                 sinks.append(truth)
-            video: Optional[VideoSink] = None
-            if opts.save_video:
-                max_mb = opts.video_max_mb if opts.video_max_mb is not None else (
-                    DEFAULT_LIVE_VIDEO_MAX_MB if source.info.live else 0)
-                video = VideoSink(out / "annotated.mp4", model, source.info.fps, max_bytes=max_mb << 20,
-                                  keep_segments=opts.video_segments)
-                sinks.append(video)
-            if opts.jsonl:
-                sinks.append(JsonlSink(out / "results.jsonl", model))
-            if opts.show:
-                sinks.append(WindowSink(model))
+            for k, source in enumerate(sources):
+                folder_k = out / f"source-{k}" if several else out
+                folder_k.mkdir(exist_ok=True)
+                own: List[Any] = []
+                source_sinks.append(own)
+                video: Optional[VideoSink] = None
+                if opts.save_video:
+                    max_mb = opts.video_max_mb if opts.video_max_mb is not None else (
+                        DEFAULT_LIVE_VIDEO_MAX_MB if source.info.live else 0)
+                    video = VideoSink(folder_k / "annotated.mp4", model, source.info.fps, max_bytes=max_mb << 20,
+                                      keep_segments=opts.video_segments, video_fps=opts.video_fps,
+                                      live=source.info.live)
+                    own.append(video)
+                videos.append(video)
+                if opts.jsonl:
+                    own.append(JsonlSink(folder_k / "results.jsonl", model))
+                if opts.show:
+                    own.append(WindowSink(model, f"edgekit: source {k}" if several else "edgekit"))
         except BaseException:
-            for s in sinks:
+            for s in [*sinks, *(x for own in source_sinks for x in own)]:
                 with contextlib.suppress(Exception):
                     s.close()
-            if source is not None:
+            for source in sources:
                 source.close()
+            _close_workers(workers, opened)
             model.close()
             raise
         progress = Progress(opts.progress)
-        pipeline = Pipeline(source, model, sinks, queue_size=opts.queue_size, max_frames=opts.max_frames,
-                            duration_s=opts.duration, on_frame=progress)
+        pipeline = Pipeline(sources, model, sinks, queue_size=opts.queue_size, max_frames=opts.max_frames,
+                            duration_s=opts.duration, on_frame=progress, source_sinks=source_sinks, workers=workers,
+                            batch=opts.batch, batch_wait_ms=opts.batch_wait_ms, threads_per_worker=threads)
         self.pipeline = pipeline
         if opts.progress:  # the outputs grow there during the run (tail -f results.jsonl)
             print(f"edgekit: writing to {out}; it becomes {folder.out} when the run ends", file=sys.stderr)
@@ -186,21 +253,31 @@ class _Run:
         finally:
             used_power = power.stop_sampler(sampler, pipeline.counters.processed)
             progress.finish()
-            for s in sinks:
+            for s in [*sinks, *(x for own in source_sinks for x in own)]:
                 with contextlib.suppress(OSError):
                     s.close()
+            _close_workers(workers, opened)
             model.close()
+        for video in videos:  # an encoder that failed after the last frame was handed to it
+            if video is not None and video.error is not None and pipeline.error is None:
+                pipeline.error = video.error
         card = model.card
         shown = folder.out  # what the report and messages name: the folder the run ends up in
+        outputs: List[Dict[str, Any]] = []
+        for k, video in enumerate(videos):
+            where = shown / f"source-{k}" if several else shown
+            outputs.append({"folder": str(where),
+                            "video": str(where / "annotated.mp4") if video is not None else None,
+                            "video_files": video.summary() if video is not None else None,
+                            "jsonl": str(where / "results.jsonl") if opts.jsonl else None})
         extra = {
             "engine": {"path": str(self.engine), "backend": opened.record.name, "precision": opened.precision,
                        "model": card.name, "task": card.task},
             "accuracy": truth.summary() if truth is not None else None,
-            "outputs": {"folder": str(shown),
-                        "video": str(shown / "annotated.mp4") if video is not None else None,
-                        "video_files": video.summary() if video is not None else None,
-                        "jsonl": str(shown / "results.jsonl") if opts.jsonl else None},
+            "outputs": {**outputs[0], "folder": str(shown)},
         }
+        if several:
+            extra["outputs"]["sources"] = outputs
         extra["environment"] = host_environment().to_dict()
         extra["power"] = used_power
         extra["jetson"] = power.jetson_state()
@@ -215,6 +292,14 @@ class _Run:
             err.exit_code = getattr(e, "exit_code", err.exit_code)  # a failed source (3) stays one
             raise err
         return rep
+
+
+def _close_workers(workers: List[Backend], opened: Opened) -> None:
+    """Close the workers run-stream opened (not the model's own backend, which the model closes)."""
+    for w in workers:
+        if w is not opened.backend:
+            with contextlib.suppress(Exception):
+                w.close()
 
 
 def _describe(e: BaseException) -> str:

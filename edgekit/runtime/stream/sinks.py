@@ -3,6 +3,8 @@
 import contextlib
 import json
 import os
+import queue
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -64,13 +66,25 @@ class VideoSink:
     gives a measure, by up to the flush size. On disk at any time: ``keep_segments`` finished segments and
     the one being written."""
 
-    def __init__(self, path: Path, model: Model, fps: float, max_bytes: int = 0, keep_segments: int = 2) -> None:
+    def __init__(self, path: Path, model: Model, fps: float, max_bytes: int = 0, keep_segments: int = 2,
+                 video_fps: Optional[float] = None, live: bool = False, queue_frames: int = 8) -> None:
         if max_bytes < 0 or keep_segments < 1:
             raise EdgekitError(f"video segments: max_bytes {max_bytes} must be >= 0 (0 = unlimited) and "
                                f"keep_segments {keep_segments} >= 1")
         refuse_symlink(path)
-        self.path, self.model, self.fps = Path(path), model, fps or 30.0
+        source_fps = fps or 30.0
+        self.path, self.model = Path(path), model
+        # --video-fps: every (source fps / video fps)-th frame is drawn and encoded, the others cost nothing
+        self.fps = min(video_fps, source_fps) if video_fps else source_fps
+        self._step, self._next = source_fps / self.fps, 0.0
+        self.live = live
         self.max_bytes, self.keep_segments = max_bytes, keep_segments
+        # Drawing and encoding run in their own thread behind a bounded queue: a live source's frames are dropped
+        # from the video (counted) rather than stall the pipeline; a file's wait for room.
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, queue_frames))
+        self._encoder: Optional[threading.Thread] = None
+        self.error: Optional[BaseException] = None
+        self.frames_skipped = self.frames_dropped = 0
         self.writer: Optional[Any] = None
         self.rate = _Rate()
         self.size: Optional[Tuple[int, int]] = None  # (width, height), fixed by the first frame
@@ -82,7 +96,48 @@ class VideoSink:
         self.segments_written = self.segments_deleted = self.bytes_written = 0
 
     def write(self, frame: Any) -> None:
-        img = annotate(frame, self.model, self.rate.update(frame, time.monotonic_ns()))
+        """Queue the frame for the encoder thread (the frames --video-fps keeps); raises the encoder's error."""
+        if self.error is not None:
+            raise self.error
+        status = self.rate.update(frame, time.monotonic_ns())
+        keep = self._next <= 0.0
+        if keep:
+            self._next += self._step
+        self._next -= 1.0
+        if not keep:
+            self.frames_skipped += 1
+            return
+        if self._encoder is None:
+            self._encoder = threading.Thread(target=self._encode, name="edgekit-video", daemon=True)
+            self._encoder.start()
+        if self.live:
+            try:
+                self._queue.put_nowait((frame, status))
+            except queue.Full:
+                self.frames_dropped += 1
+            return
+        while self.error is None:
+            try:
+                self._queue.put((frame, status), timeout=0.1)
+                return
+            except queue.Full:
+                pass
+        raise self.error
+
+    def _encode(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue  # failed: the rest is let go (the pipeline fails at the next write)
+            frame, status = item
+            try:
+                self._write_image(annotate(frame, self.model, status))
+            except BaseException as e:
+                self.error = e
+
+    def _write_image(self, img: np.ndarray) -> None:
         h, w = img.shape[:2]
         if self.size is None:
             self.size = (w, h)
@@ -101,6 +156,11 @@ class VideoSink:
             self._finish_segment(last=False)
 
     def close(self) -> None:
+        """Encode what is queued and finish the file; an encoder error stays in `error` for the caller."""
+        if self._encoder is not None:
+            self._queue.put(None)
+            self._encoder.join()
+            self._encoder = None
         if self.writer is not None:
             self._finish_segment(last=True)
 
@@ -108,7 +168,10 @@ class VideoSink:
         """What the report says about the video (after close())."""
         return {
             "files": [dict(s) for s in self._kept],  # {"name", "frames", "bytes"}, oldest first
+            "fps": self.fps,
             "frames_written": self.frames_written,
+            "frames_skipped": self.frames_skipped,  # left out by --video-fps
+            "frames_dropped": self.frames_dropped,  # a live source's frames the encoder could not keep up with
             "frames_resized": self.frames_resized,
             "frame_size": list(self.size) if self.size else None,
             "segments_written": self.segments_written,
