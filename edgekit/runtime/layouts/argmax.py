@@ -17,7 +17,7 @@ from edgekit.runtime.layouts.base import DecodeParams, Layout, the_output, the_o
 from edgekit.runtime.layouts.shapes import fits, is_integer, known
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_layout
-from edgekit.runtime.tasks.segmentation import ClassMap, to_frame
+from edgekit.runtime.tasks.segmentation import ClassMap
 
 # Heads that skip the final upsampling emit the map at the backbone's output stride.
 STRIDES = (1, 2, 4, 8, 16, 32)
@@ -91,4 +91,4 @@ class Argmax(Layout):
     def decode(self, outputs: Mapping[str, np.ndarray], transform: Transform, card: ModelCard,
                params: DecodeParams) -> ClassMap:
         classes = class_indices(the_output(outputs, card), card)
-        return ClassMap(to_frame(classes, transform, card.input_size))
+        return ClassMap.at_model(classes, transform, card.input_size)

@@ -19,7 +19,7 @@ from edgekit.runtime.layouts.base import DecodeParams, Layout, the_output, the_o
 from edgekit.runtime.layouts.shapes import fits, is_float, known
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_layout
-from edgekit.runtime.tasks.segmentation import ClassMap, to_frame
+from edgekit.runtime.tasks.segmentation import ClassMap
 
 
 @register_layout
@@ -70,4 +70,4 @@ class Binary(Layout):
                params: DecodeParams) -> ClassMap:
         prob = the_output(outputs, card)
         above = (prob.reshape(prob.shape[-2:]) > self.param(card, "threshold")).astype(np.uint8)
-        return ClassMap(to_frame(above, transform, card.input_size))
+        return ClassMap.at_model(above, transform, card.input_size)

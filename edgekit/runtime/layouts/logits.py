@@ -13,7 +13,7 @@ from edgekit.runtime.layouts.base import DecodeParams, Layout, the_output, the_o
 from edgekit.runtime.layouts.shapes import is_integer
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_layout
-from edgekit.runtime.tasks.segmentation import ClassMap, to_frame
+from edgekit.runtime.tasks.segmentation import ClassMap
 
 
 def class_map(output: np.ndarray) -> np.ndarray:
@@ -50,4 +50,4 @@ class Logits(Layout):
 
     def decode(self, outputs: Mapping[str, np.ndarray], transform: Transform, card: ModelCard,
                params: DecodeParams) -> ClassMap:
-        return ClassMap(to_frame(class_map(the_output(outputs, card)), transform, card.input_size))
+        return ClassMap.at_model(class_map(the_output(outputs, card)), transform, card.input_size)

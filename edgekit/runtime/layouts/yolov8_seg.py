@@ -2,7 +2,8 @@
 height in input pixels, class sigmoids, 32 mask coefficients) and `output1` [B, 32, H/4, W/4] mask prototypes.
 Decoded as ultralytics/utils/ops.py does for prediction: class-aware NMS on the boxes, then `process_mask` with
 upsample (coefficients x prototypes, cropped to the box at prototype resolution, upsampled bilinearly to the input,
-logits > 0), then `scale_masks` to the frame (padding cut, bilinear, > 0.5)."""
+logits > 0), then `scale_masks` to the frame (padding cut, bilinear, > 0.5). Decoding stops at the input: the
+result brings each mask's window to the frame when something first reads it (Instances.at_input)."""
 
 from typing import List, Mapping, Optional, Sequence, Tuple
 
@@ -15,7 +16,7 @@ from edgekit.runtime.layouts.base import DecodeParams, Layout
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_layout
 from edgekit.runtime.tasks.detection import cxcywh_to_xyxy, nms
-from edgekit.runtime.tasks.instance import InputMask, Instances, linear_taps, masks_to_frame, resample, window
+from edgekit.runtime.tasks.instance import InputMask, Instances, linear_taps, shows, window
 
 
 def head_and_protos(outputs: Mapping[str, np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
@@ -34,8 +35,9 @@ def process_mask(protos: np.ndarray, coefficients: np.ndarray, boxes: np.ndarray
                  in_w: int) -> List[Optional[InputMask]]:
     """Ultralytics' process_mask(upsample=True) for each box (xyxy, input pixels): the mask logits
     coefficients @ prototypes, zero outside the box scaled to prototype resolution (crop_mask: a prototype
-    pixel c stays where x1 <= c < x2), upsampled bilinearly to the input, > 0. Only the box's window is computed;
-    None for a mask without pixels, which Ultralytics' predictor drops with its box."""
+    pixel c stays where x1 <= c < x2), upsampled bilinearly to the input, > 0. Only the box's window is computed,
+    and upsampled when the mask is first read; None for a mask without pixels (found computing few of them, see
+    shows), which Ultralytics' predictor drops with its box."""
     m, mh, mw = protos.shape
     ratio = np.array([mw / in_w, mh / in_h, mw / in_w, mh / in_h], np.float32)
     taps_x, taps_y = linear_taps(in_w, mw), linear_taps(in_h, mh)
@@ -50,14 +52,16 @@ def process_mask(protos: np.ndarray, coefficients: np.ndarray, boxes: np.ndarray
         logits = np.tensordot(coef, protos[:, r0:r1, c0:c1], 1).astype(np.float32)
         x0, x1, cols = window(taps_x, c0, c1)
         y0, y1, rows = window(taps_y, r0, r1)
-        pixels = resample(logits, rows, cols) > 0 if rows is not None and cols is not None else None
-        out.append(InputMask(y0, x0, pixels) if pixels is not None and pixels.any() else None)
+        if rows is None or cols is None or not shows(logits, rows, cols):
+            out.append(None)
+            continue
+        out.append(InputMask(y0, x0, logits=logits, rows=rows, cols=cols))  # upsampled when read
     return out
 
 
 def decode_seg(head: np.ndarray, protos: np.ndarray, transform: Transform, in_h: int, in_w: int,
                params: DecodeParams) -> Instances:
-    """One image's head and prototypes -> instances in frame pixels."""
+    """One image's head and prototypes -> instances in frame pixels (masks brought to the frame when read)."""
     m = protos.shape[0]
     scores_all = head[4:-m]
     classes = scores_all.argmax(0)
@@ -69,8 +73,8 @@ def decode_seg(head: np.ndarray, protos: np.ndarray, transform: Transform, in_h:
     masks = process_mask(protos, head[-m:, sel].T, boxes[kept], in_h, in_w)
     has = [i for i, mask in enumerate(masks) if mask is not None]
     shown = [mask for mask in masks if mask is not None]
-    return Instances(transform.boxes_to_source(boxes[kept][has]), scores[sel][has].astype(np.float32),
-                     classes[sel][has].astype(np.int64), masks_to_frame(shown, transform, in_w, in_h))
+    return Instances.at_input(transform.boxes_to_source(boxes[kept][has]), scores[sel][has].astype(np.float32),
+                              classes[sel][has].astype(np.int64), shown, transform, in_w, in_h)
 
 
 @register_layout

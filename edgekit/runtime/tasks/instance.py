@@ -23,20 +23,79 @@ from edgekit.runtime.tasks.detection import Detections, MatchFidelity, matches
 # datasets.load_sample gives them to measure.evaluate.truth_of, under "mask".
 
 
-@dataclass
 class Instances:
-    boxes: np.ndarray  # Nx4 float32 xyxy, frame pixels
-    scores: np.ndarray  # N float32
-    classes: np.ndarray  # N int64
-    masks: np.ndarray  # N x frame height x frame width, bool
+    """Boxes, scores and classes, each with a boolean mask of the frame.
+
+    A layout gives the masks at network-input size, each as the window that holds its pixels (Instances.at_input);
+    they are brought to the frame only when something reads them, once, and kept: `windows()`, each mask's window
+    in frame pixels, is what drawing and the JSON (RLE) read, and `masks`, the [N, frame h, frame w] stack, is
+    made from those for the metrics that compare whole masks."""
+
+    def __init__(self, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
+                 masks: Optional[np.ndarray] = None) -> None:
+        self.boxes = boxes  # Nx4 float32 xyxy, frame pixels
+        self.scores = scores  # N float32
+        self.classes = classes  # N int64
+        self._masks = masks  # N x frame height x frame width, bool (made on first use where the layout left it)
+        self._windows: Optional[List[FrameMask]] = None
+        self._source: Optional[Tuple[Sequence[InputMask], Transform, int, int]] = None
+
+    @classmethod
+    def at_input(cls, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, masks: Sequence["InputMask"],
+                 transform: Transform, in_w: int, in_h: int) -> "Instances":
+        """Instances whose masks are still at network-input size, one per box, brought to the frame (as
+        masks_to_frame does) when first read."""
+        out = cls(boxes, scores, classes)
+        out._source = (masks, transform, in_w, in_h)
+        return out
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    def __repr__(self) -> str:
+        h, w = self.frame_size
+        return f"Instances({len(self)} in a {w}x{h} frame)"
 
     @classmethod
     def empty(cls, width: int, height: int) -> "Instances":
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64),
                    np.zeros((0, height, width), bool))
+
+    @property
+    def frame_size(self) -> Tuple[int, int]:
+        """(height, width) of the frame the masks cover."""
+        if self._masks is not None:
+            return int(self._masks.shape[1]), int(self._masks.shape[2])
+        assert self._source is not None
+        transform = self._source[1]
+        return int(transform.src_h), int(transform.src_w)
+
+    def windows(self) -> List["FrameMask"]:
+        """Each instance's mask in frame pixels as the window that holds its pixels (made once, then kept)."""
+        if self._windows is None:
+            if self._source is not None:
+                self._windows = frame_windows(*self._source)
+            else:
+                assert self._masks is not None
+                self._windows = [FrameMask.around(m) for m in self._masks]
+        return self._windows
+
+    @property
+    def masks(self) -> np.ndarray:
+        """Boolean [N, frame height, frame width] (made once from the windows, then kept)."""
+        if self._masks is None:
+            h, w = self.frame_size
+            self._masks = paint(self.windows(), h, w)
+        return self._masks
+
+    @masks.setter
+    def masks(self, value: np.ndarray) -> None:
+        self._masks, self._windows, self._source = value, None, None
+
+    def mask_rles(self) -> List[Dict[str, Any]]:
+        """Each mask as COCO RLE of the frame (datasets.rle_encode of its frame-size mask), from its window."""
+        h, w = self.frame_size
+        return [m.rle(h, w) for m in self.windows()]
 
     def detections(self) -> Detections:
         return Detections(self.boxes, self.scores, self.classes)
@@ -87,38 +146,134 @@ def resample(a: np.ndarray, rows: Taps, cols: Taps) -> np.ndarray:
     return t[rlo] * rw0[:, None] + t[rhi] * rw1[:, None]
 
 
-@dataclass
 class InputMask:
-    """One instance's mask at network-input size, kept as the window that holds its pixels."""
+    """One instance's mask at network-input size, kept as the window that holds its pixels: given, or upsampled
+    from its logits at prototype resolution (the box's crop) by `rows` and `cols` taps when first read."""
+
+    def __init__(self, y: int, x: int, pixels: Optional[np.ndarray] = None, logits: Optional[np.ndarray] = None,
+                 rows: Optional[Taps] = None, cols: Optional[Taps] = None) -> None:
+        self.y, self.x = y, x
+        self._pixels = pixels
+        self._upsample = None if pixels is not None else (logits, rows, cols)
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """Boolean [h, w]: logits upsampled bilinearly, > 0."""
+        if self._pixels is None:
+            assert self._upsample is not None
+            logits, rows, cols = self._upsample
+            self._pixels, self._upsample = resample(logits, rows, cols) > 0, None
+        return self._pixels
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        if self._pixels is None and self._upsample is not None:
+            return len(self._upsample[1][0]), len(self._upsample[2][0])
+        return self.pixels.shape[0], self.pixels.shape[1]
+
+
+def shows(logits: np.ndarray, rows: Taps, cols: Taps) -> bool:
+    """Whether resample(logits, rows, cols) > 0 anywhere, computing little of it: nowhere when no logit is above
+    zero (the taps' weights are >= 0); else the outputs that read the largest logit, which are computed as the
+    whole resample computes them, and the whole window only where none of those is above zero."""
+    if not (logits > 0).any():
+        return False
+    r, c = np.unravel_index(int(np.argmax(logits)), logits.shape)
+    near_r = np.flatnonzero((rows[0] == r) | (rows[1] == r))
+    near_c = np.flatnonzero((cols[0] == c) | (cols[1] == c))
+    near_rows = (rows[0][near_r], rows[1][near_r], rows[2][near_r], rows[3][near_r])
+    near_cols = (cols[0][near_c], cols[1][near_c], cols[2][near_c], cols[3][near_c])
+    if len(near_r) and len(near_c) and (resample(logits, near_rows, near_cols) > 0).any():
+        return True
+    return bool((resample(logits, rows, cols) > 0).any())
+
+
+@dataclass
+class FrameMask:
+    """One instance's mask in frame pixels, kept as the window that holds its pixels (none outside it)."""
 
     y: int
     x: int
     pixels: np.ndarray  # bool
 
+    @classmethod
+    def around(cls, mask: np.ndarray) -> "FrameMask":
+        """The window of a frame-size boolean mask that holds its pixels."""
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        if not len(rows):
+            return cls(0, 0, np.zeros((0, 0), bool))
+        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        return cls(y0, x0, np.asarray(mask[y0:y1, x0:x1], bool))
 
-def masks_to_frame(masks: Sequence[InputMask], transform: Transform, in_w: int, in_h: int) -> np.ndarray:
-    """Network-input masks -> boolean [N, frame h, frame w] as Ultralytics' scale_masks brings a binary mask to
+    def rle(self, height: int, width: int) -> Dict[str, Any]:
+        """datasets.rle_encode of this mask in a height x width frame, made from the window: runs down the
+        columns the object spans, with the columns either side joining the first and last background runs."""
+        cols = np.flatnonzero(self.pixels.any(0))
+        if not len(cols):
+            counts = datasets._rle_string([height * width]) if height * width else ""
+            return {"size": [int(height), int(width)], "counts": counts}
+        c0, c1 = int(cols[0]), int(cols[-1]) + 1
+        strip = np.zeros((height, c1 - c0), bool)  # those columns, frame height
+        strip[self.y:self.y + self.pixels.shape[0]] = self.pixels[:, c0:c1]
+        x0, x1 = self.x + c0, self.x + c1
+        flat = strip.ravel(order="F")
+        edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        runs = np.diff(np.concatenate(([0], edges, [flat.size]))).tolist()
+        if flat[0]:
+            runs.insert(0, 0)
+        runs[0] += x0 * height
+        if flat[-1]:
+            runs.append(0)
+        runs[-1] += (width - x1) * height
+        if runs[-1] == 0:
+            runs.pop()
+        return {"size": [int(height), int(width)], "counts": datasets._rle_string(runs)}
+
+
+def frame_windows(masks: Sequence[InputMask], transform: Transform, in_w: int, in_h: int) -> List[FrameMask]:
+    """Network-input masks -> their windows in frame pixels, as Ultralytics' scale_masks brings a binary mask to
     the frame: the letterbox padding cut away, the rest resized bilinearly (F.interpolate), then > 0.5 (its
     older scale_image, cv2.INTER_LINEAR on a 0/1 uint8 mask, rounds the same way). Only each mask's window is
-    resampled."""
+    resampled; where the input shows the frame at its own size (a 640x480 frame in a 640x640 letterbox) the
+    resize reads each pixel with weight 1 and the window is the mask's, padding cut."""
     x0, y0, x1, y1 = transform.valid_region(in_w, in_h)
     fw, fh = transform.src_w, transform.src_h
-    out = np.zeros((len(masks), fh, fw), bool)
+    same_size = (x1 - x0, y1 - y0) == (fw, fh)
     taps_x, taps_y = linear_taps(fw, x1 - x0), linear_taps(fh, y1 - y0)
-    for k, m in enumerate(masks):
-        h, w = m.pixels.shape
+    out = []
+    for m in masks:
+        h, w = m.shape
         # the window in valid-region coordinates, padding dropped
         a0, a1 = max(m.x, x0) - x0, min(m.x + w, x1) - x0
         b0, b1 = max(m.y, y0) - y0, min(m.y + h, y1) - y0
         if a0 >= a1 or b0 >= b1:
+            out.append(FrameMask(0, 0, np.zeros((0, 0), bool)))
             continue
-        part = m.pixels[b0 + y0 - m.y:b1 + y0 - m.y, a0 + x0 - m.x:a1 + x0 - m.x].astype(np.float32)
+        part = m.pixels[b0 + y0 - m.y:b1 + y0 - m.y, a0 + x0 - m.x:a1 + x0 - m.x]
+        if same_size:
+            out.append(FrameMask(b0, a0, np.array(part, bool)))
+            continue
         c0, c1, cols = window(taps_x, a0, a1)
         r0, r1, rows = window(taps_y, b0, b1)
         if cols is None or rows is None:
+            out.append(FrameMask(0, 0, np.zeros((0, 0), bool)))
             continue
-        out[k, r0:r1, c0:c1] = resample(part, rows, cols) > 0.5
+        out.append(FrameMask(r0, c0, resample(part.astype(np.float32), rows, cols) > 0.5))
     return out
+
+
+def paint(windows: Sequence[FrameMask], height: int, width: int) -> np.ndarray:
+    """Windows -> boolean [N, height, width]."""
+    out = np.zeros((len(windows), height, width), bool)
+    for k, m in enumerate(windows):
+        h, w = m.pixels.shape
+        out[k, m.y:m.y + h, m.x:m.x + w] = m.pixels
+    return out
+
+
+def masks_to_frame(masks: Sequence[InputMask], transform: Transform, in_w: int, in_h: int) -> np.ndarray:
+    """Network-input masks -> boolean [N, frame h, frame w] (frame_windows, painted on the frame)."""
+    return paint(frame_windows(masks, transform, in_w, in_h), transform.src_h, transform.src_w)
 
 
 # --- matching, accuracy, agreement ----------------------------------------------------------------------------
@@ -193,7 +348,7 @@ class MaskMeanAveragePrecision(Accuracy):
             raise EdgekitError("instance segmentation accuracy needs each object's mask in the ground truth "
                                "(COCO annotations with a 'segmentation' per object)")
         self.preds.append({"boxes": result.boxes, "scores": result.scores, "classes": result.classes,
-                           "masks": [datasets.rle_encode(m) for m in result.masks]})
+                           "masks": result.mask_rles()})
         self.gts.append({"boxes": truth["boxes"], "classes": truth["classes"],
                          "masks": [datasets.rle_encode(m) for m in masks]})
 
@@ -216,7 +371,7 @@ class MaskPrecisionRecall(Accuracy):
             return
         classes = np.asarray(truth["classes"], np.int64)
         masks = truth_masks(truth)
-        if masks is not None and masks.shape[1:] == result.masks.shape[1:]:
+        if masks is not None and masks.shape[1:] == result.frame_size:
             matched, n = mask_matches(result, masks, classes), len(masks)
             self.by_mask += 1
         else:
@@ -248,15 +403,20 @@ class InstanceSegmentation(Task):
 
     def draw(self, image: np.ndarray, result: Instances, card: ModelCard) -> None:
         colours = draw.palette(card.num_classes).astype(np.float32)  # a class's box and mask share its colour
-        for m, c in zip(result.masks, result.classes):
-            image[m] = (image[m] * 0.5 + colours[c] * 0.5).astype(np.uint8)
+        if image.shape[:2] != result.frame_size:
+            raise EdgekitError(f"instance masks of a {result.frame_size[1]}x{result.frame_size[0]} frame drawn on a "
+                               f"{image.shape[1]}x{image.shape[0]} image")
+        for m, c in zip(result.windows(), result.classes):  # each mask's window alone: the frame outside is untouched
+            h, w = m.pixels.shape
+            part = image[m.y:m.y + h, m.x:m.x + w]
+            part[m.pixels] = (part[m.pixels] * 0.5 + colours[c] * 0.5).astype(np.uint8)
         draw.draw_boxes(image, result.boxes, result.scores, result.classes, card.classes)
 
     def to_json(self, result: Instances, card: ModelCard) -> Dict[str, Any]:
         return {"detections": [
             {"class": card.classes[int(c)], "class_id": int(c), "score": round(float(s), 4),
-             "box": [round(float(v), 1) for v in b], "mask": datasets.rle_encode(m)}
-            for b, s, c, m in zip(result.boxes, result.scores, result.classes, result.masks)
+             "box": [round(float(v), 1) for v in b], "mask": m}
+            for b, s, c, m in zip(result.boxes, result.scores, result.classes, result.mask_rles())
         ]}
 
     def accuracy(self, card: ModelCard) -> Accuracy:
