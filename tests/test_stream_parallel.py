@@ -60,6 +60,7 @@ def stream(engine, sources, out, **options):
 def test_workers_deliver_every_frame_in_order_with_the_results_of_one(batch_engine, videos, tmp_path):
     one = stream(batch_engine, str(videos[0]), tmp_path / "one", workers=1, save_video=False)
     three = stream(batch_engine, str(videos[0]), tmp_path / "three", workers=3, save_video=False)
+    assert one["inference"]["workers"] == 1 and one["frames"]["processed"] == FRAMES
     assert three["inference"]["workers"] == 3 and three["inference"]["threads_per_worker"] >= 1
     assert three["frames"] == {"in": FRAMES, "processed": FRAMES, "dropped": 0, "accounted": True}
     assert sum(three["inference"]["frames_per_worker"]) == FRAMES

@@ -134,6 +134,12 @@ def _static_hw(spec: TensorSpec) -> Optional[Tuple[int, int]]:
 def _check_input(spec: TensorSpec, card: ModelCard, source: str) -> None:
     shape = list(spec.shape)
     h, w = card.input_size
+    if card.input_format == "nhwc_uint8":  # preprocessing fused into the graph (edgekit --fuse-preprocess)
+        if len(shape) != 4 or spec.dtype != "uint8" or any(isinstance(d, int) and d > 0 and d != want
+                                                             for d, want in zip(shape[1:], (h, w, 3))):
+            raise EdgekitError(f"{source}: input '{spec.name}' is {shape} {spec.dtype}; the card says its "
+                               f"preprocessing is fused: [N, {h}, {w}, 3] uint8")
+        return
     if len(shape) == 3 and shape[0] == 3:
         raise EdgekitError(f"{source}: input '{spec.name}' is one image without a batch axis {shape} (torchvision's "
                            "detectors exported from a list of images); export with a batch instead: "
@@ -154,7 +160,8 @@ def fix_input_shape(model: Any, card: ModelCard, max_batch: int) -> List[str]:
     dims = inputs[0].type.tensor_type.shape.dim
     h, w = card.input_size
     fixed = []
-    for axis, value, what in ((0, 1, "batch"), (2, h, "height"), (3, w, "width")):
+    hw_axes = (1, 2) if card.input_format == "nhwc_uint8" else (2, 3)
+    for axis, value, what in ((0, 1, "batch"), (hw_axes[0], h, "height"), (hw_axes[1], w, "width")):
         d = dims[axis]
         if d.HasField("dim_value") and d.dim_value > 0:
             continue
@@ -171,8 +178,6 @@ def run_outputs(onnx_file: Path, card: ModelCard, source: str, fixed: Sequence[s
     dtypes to recognise a layout by (and proof that the graph takes that size)."""
     import onnxruntime as ort
 
-    h, w = card.input_size
-
     def first_line(e: Exception) -> str:
         text = str(e).replace(str(onnx_file), source).strip()
         return text.splitlines()[0] if text else type(e).__name__
@@ -184,9 +189,10 @@ def run_outputs(onnx_file: Path, card: ModelCard, source: str, fixed: Sequence[s
                 "was exported for with --input-size WxH") if fixed else ""
         raise EdgekitError(f"{source}: ONNX Runtime cannot load it: {first_line(e)[:240]}{hint}") from None
     try:
-        outs = session.run(None, {card.input_name: np.zeros((1, 3, h, w), np.float32)})
+        outs = session.run(None, {card.input_name: np.zeros(card.input_shape(), card.input_dtype)})
     except Exception as e:  # a graph whose shapes do not work at this input size
-        raise EdgekitError(f"{source}: the graph cannot run on a 1x3x{h}x{w} input ({first_line(e)[:200]}); pass "
+        shown = "x".join(map(str, card.input_shape()))
+        raise EdgekitError(f"{source}: the graph cannot run on a {shown} input ({first_line(e)[:200]}); pass "
                            "the size it was trained for with --input-size WxH") from None
     return [TensorSpec(o.name, tuple(int(d) for d in a.shape), a.dtype.name)
             for o, a in zip(session.get_outputs(), outs)]

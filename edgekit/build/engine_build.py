@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Named
 import numpy as np
 
 from edgekit import __version__
-from edgekit.build import describe, onnx_io
+from edgekit.build import describe, graph_nms, onnx_io
 from edgekit.build.export import refuse_overwriting_inputs, write_failure
 from edgekit.errors import EdgekitError
 from edgekit.runtime import calibration, registry
@@ -59,6 +59,13 @@ class BuildOptions:
     # INT8: keep the tensors whose quantization costs most in floating point until the held-out agreement is
     # within this many points (100 x (1 - agreement)) for both INT8 files.
     accuracy_budget: Optional[float] = None
+    # Fuse the card's preprocessing into the graph first (fuse_preprocess.py): the engine takes uint8 NHWC frames.
+    fuse_preprocess: bool = False
+    # Where a detector's NMS runs: "host" (edgekit's, after the engine) or "engine" (appended to the graph,
+    # graph_nms.py, before calibration: the INT8 files carry it, in float).
+    nms: str = "host"
+    # ONNX Runtime: the execution provider that runs the engine (cpu; cuda or tensorrt with onnxruntime-gpu)
+    provider: str = "cpu"
 
 
 @dataclass
@@ -118,9 +125,18 @@ def resolve_precision(backend: str, precision: str, opts: BuildOptions) -> str:
         precision = "int8" if opts.calib and "int8" in offered else ("fp16" if "fp16" in offered else "fp32")
     if precision == "int8" and not opts.calib:
         raise EdgekitError("INT8 needs calibration images: pass --calib IMAGE_FOLDER_OR_VIDEO")
-    why = unsupported(backend, precision, opts.dla_core, opts.sparsity, opts.timing_cache)
+    if opts.provider != "cpu" and backend != "onnxruntime":
+        raise EdgekitError(f"--provider {opts.provider} chooses ONNX Runtime's execution provider: use it with "
+                           "--backend onnxruntime")
+    # ONNX Runtime's GPU providers run FP16 (its CPU provider does not); choose_providers checks each pair
+    gpu_fp16 = backend == "onnxruntime" and opts.provider != "cpu" and precision == "fp16"
+    why = None if gpu_fp16 else unsupported(backend, precision, opts.dla_core, opts.sparsity, opts.timing_cache)
     if why:
         raise EdgekitError(why)
+    if backend == "onnxruntime":  # a provider this onnxruntime lacks: refused before anything is built
+        from edgekit.runtime.backends.onnxruntime import choose_providers
+
+        choose_providers(opts.provider, precision, backend_class(backend).runtime().get_available_providers())
     if opts.accuracy_budget is not None and precision != "int8":
         raise EdgekitError(f"--accuracy-budget applies to INT8 (--precision int8 with --calib); this build is "
                            f"{precision}")
@@ -142,7 +158,11 @@ def fingerprint(onnx_sha: str, calib_sha: Optional[str], card: ModelCard, backen
                   "keep_fp32": sorted(opts.keep_fp32), "dla_core": opts.dla_core, "workspace_mb": opts.workspace_mb,
                   "sparsity": opts.sparsity, "max_batch": opts.max_batch,
                   **({"val": opts.val, "val_size": opts.val_size} if opts.val else {}),
-                  **({"accuracy_budget": opts.accuracy_budget} if opts.accuracy_budget is not None else {})},
+                  **({"accuracy_budget": opts.accuracy_budget} if opts.accuracy_budget is not None else {}),
+                  # recorded only where set: the fingerprints of engines built before these flags stay as they were
+                  **({"fuse_preprocess": True} if opts.fuse_preprocess else {}),
+                  **({"nms": opts.nms} if opts.nms != "host" else {}),
+                  **({"provider": opts.provider} if opts.provider != "cpu" else {})},
         "edgekit_version": __version__,
     }
 
@@ -239,6 +259,13 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
     described = describe.card_for(model, str(onnx_path), opts.card_file, opts.card_overrides, opts.layout)
     card = described.card
     fixed = describe.fix_input_shape(model, card, opts.max_batch)
+    if opts.fuse_preprocess:  # before anything feeds the graph: calibration, quantization, agreement all see it
+        import dataclasses
+
+        from edgekit.build.fuse_preprocess import fuse
+
+        model, card = fuse(model, card, str(onnx_path))
+        described = dataclasses.replace(described, card=card)
     backend = resolve_backend(opts.backend)
     cls = backend_class(backend)
     precision = resolve_precision(backend, opts.precision, opts)
@@ -248,6 +275,7 @@ def build_engine(onnx_path: "str | Path", out: "str | Path", opts: BuildOptions)
     backend_env = cls.environment()
     fp = fingerprint(mf.file_sha256(onnx_path), calib.sha256 if calib else None, card, backend_env, precision, opts,
                      judged.sha256 if judged is not None and judged is not calib else None)
+    graph_nms.check_mode(opts.nms)
     if opts.card_file or opts.card_overrides or opts.layout:  # the card given decides the engine too
         fp["card_given"] = {"file": Path(opts.card_file).read_text() if opts.card_file else None,
                             "fields": {k: repr(v) for k, v in sorted(opts.card_overrides.items())},
@@ -321,6 +349,10 @@ def _build_in(work: Path, model: Any, onnx_path: Path, out: Path, opts: BuildOpt
     onnx.save(model, str(fp32))
     outputs = describe.run_outputs(fp32, described.card, str(onnx_path), fixed)
     card = describe.resolve_layout(described, outputs, str(onnx_path))
+    if opts.nms == "engine":  # before calibration and the agreement runs: every file built carries the NMS
+        # The ONNX NonMaxSuppression graph for every backend, TensorRT included (graph_nms.tensorrt_graph says why).
+        card = graph_nms.append_nms(model, card, graph_nms.ONNX_NMS, str(onnx_path))
+        onnx.save(model, str(fp32))
     if onnx_io.embedded_card(model, str(onnx_path)) != card:  # carry the card inside from now on
         onnx_io.set_card(model, card)
         onnx.save(model, str(fp32))
@@ -342,7 +374,7 @@ def _build_in(work: Path, model: Any, onnx_path: Path, out: Path, opts: BuildOpt
         calib_cache=out.with_name(out.name + CALIB_CACHE_SUFFIX) if precision == "int8" else None,
         calib_method=opts.calib_method, dla_core=opts.dla_core, workspace_mb=opts.workspace_mb,
         timing_cache=opts.timing_cache, sparsity=opts.sparsity, max_batch=opts.max_batch,
-        to_fp16_onnx=_to_fp16_onnx,
+        to_fp16_onnx=_to_fp16_onnx, provider=opts.provider,
     ))
     if built.record.int8_path == mf.INT8_IMPLICIT:
         kept = {}  # TensorRT calibrated every layer itself: the Q/DQ file's choices do not apply to this engine
@@ -448,6 +480,10 @@ def _quantize(fp32: Path, card: ModelCard, tensors: calibration.Preprocessed, ju
 
     trt, cpu = files[TENSORRT_QDQ], files.get(ONNXRUNTIME_U8S8)
     quantizer = Quantizer(fp32, card.input_name, tensors, opts.calib_method, opts.keep_fp32, work)
+    if card.input_format == "nhwc_uint8":  # the fused preprocessing stays in float (its pixels quantized once)
+        from edgekit.build.fuse_preprocess import float_nodes
+
+        quantizer.kept.update(float_nodes(quantizer.model))
     kept = quantizer.write(trt, cpu)
     ranked = int8_search.sensitivity(quantizer.fp32_path, trt, card.input_name, tensors, work)
     if opts.accuracy_budget is None:

@@ -1,5 +1,6 @@
 """`edgekit export`: checkpoint -> ONNX (opset 17 by default), simplified, card embedded, parity-checked."""
 
+import dataclasses
 import errno
 import os
 import time
@@ -10,7 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from edgekit.build import onnx_io
+from edgekit.build import graph_nms, onnx_io
 from edgekit.errors import EdgekitError
 from edgekit.runtime.artifacts import OUT_OF_ROOM, atomic_path
 from edgekit.runtime.card import ModelCard
@@ -172,6 +173,8 @@ def export(
     parity_images: Optional[Path] = None,
     atol: float = 1e-3,
     rtol: float = 1e-3,
+    fuse_preprocess: bool = False,
+    nms: str = "host",
 ) -> ExportReport:
     import torch
 
@@ -186,15 +189,21 @@ def export(
         raise EdgekitError(f"--opset {opset}: edgekit exports opsets 13 to 21 (TensorRT 8.5 parses up to 17)")
     if dynamic_batch < 0 or dynamic_batch == 1:
         raise EdgekitError("--dynamic-batch takes the largest batch, 2 or more")
+    if graph_nms.check_mode(nms) == "engine":
+        graph_nms.check_card(card, str(checkpoint_path))
     h, w = card.input_size
     example = torch.zeros(1, 3, h, w)
     names = sources.output_names(card)
     out = Path(out)
     frames = parity_frames(card, parity_images)
     inputs = parity_inputs(card, frames)
+    # --fuse-preprocess: the same parity frames, as the fused graph takes them (letterboxed uint8 BGR)
+    fused_inputs = parity_inputs(dataclasses.replace(card, input_format="nhwc_uint8"), frames) if fuse_preprocess \
+        else None
     try:
         proto, nodes_before, parity, decoded = _export_checked(model, card, example, names, out, opset, dynamic_batch,
-                                                               simplify, inputs, atol, rtol)
+                                                               simplify, inputs, atol, rtol, fused_inputs=fused_inputs,
+                                                               nms=nms)
     except (OSError, RuntimeError) as e:  # torch and onnx write with Python's file objects: OSError carries errno
         failure = write_failure(e, out)
         if failure is None:
@@ -207,8 +216,11 @@ def export(
 
 def _export_checked(model: Any, card: ModelCard, example: Any, names: List[str], out: Path, opset: int,
                     dynamic_batch: int, simplify: bool, inputs: List[np.ndarray], atol: float,
-                    rtol: float) -> "tuple[Any, int, List[Parity], Optional[tuple[str, float]]]":
-    """Export to a temporary file beside `out`, check it, and move it into place only when it passes."""
+                    rtol: float, fused_inputs: Optional[List[np.ndarray]] = None, nms: str = "host",
+                    ) -> "tuple[Any, int, List[Parity], Optional[tuple[str, float]]]":
+    """Export to a temporary file beside `out`, check it, and move it into place only when it passes. With
+    `fused_inputs` (the parity frames as uint8 NHWC BGR) the card's preprocessing is fused into the graph
+    (fuse_preprocess.py) and the parity check runs the fused graph on them: end to end against PyTorch."""
     import onnx
     import torch
 
@@ -235,6 +247,10 @@ def _export_checked(model: Any, card: ModelCard, example: Any, names: List[str],
         meta = proto.metadata_props.add()
         meta.key, meta.value = "edgekit.max_batch", str(dynamic_batch or 1)
         proto.producer_name = "edgekit"
+        if fused_inputs is not None:  # --fuse-preprocess (the fused card is embedded in it)
+            from edgekit.build.fuse_preprocess import fuse
+
+            proto, _ = fuse(proto, card, str(out))
         onnx.checker.check_model(proto)
         if card.extra.get("sparsity"):
             from edgekit.build.sparsity import check_onnx
@@ -250,7 +266,8 @@ def _export_checked(model: Any, card: ModelCard, example: Any, names: List[str],
         with torch.no_grad():
             outs = [sources.as_tuple(model(torch.from_numpy(x))) for x in batch]
             ref = {n: [o[i].numpy() for o in outs] for i, n in enumerate(names)}
-        got = run_onnxruntime(tmp, batch)
+        got = run_onnxruntime(tmp, batch if fused_inputs is None else
+                              fused_inputs if not dynamic_batch else fused_inputs + [np.concatenate(fused_inputs[:2])])
         parity = compare(ref, got, atol, rtol)
         bad = [p for p in parity if not p.ok]
         decoded = None
@@ -267,6 +284,10 @@ def _export_checked(model: Any, card: ModelCard, example: Any, names: List[str],
                 f"{out}: ONNX Runtime output '{p.output}' differs from PyTorch by up to {p.max_abs:.3g} "
                 f"(tolerance {atol:g} + {rtol:g}*|x|); not written"
             )
+        if nms == "engine":  # the head passed parity: NMS appended, checked against host NMS on the same frames
+            feed = batch if fused_inputs is None else \
+                fused_inputs + ([np.concatenate(fused_inputs[:2])] if dynamic_batch else [])
+            proto = graph_nms.append_checked(proto, tmp, str(out), feed, got)
     return proto, nodes_before, parity, decoded
 
 

@@ -50,6 +50,19 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     be.add_argument("--max-batch", type=positive_int, default=1,
                     help="largest batch (needs an ONNX with a dynamic batch axis: edgekit export --dynamic-batch N)")
     be.add_argument("--if-stale", action="store_true", help="rebuild only when an input or the environment changed")
+    be.add_argument("--fuse-preprocess", action="store_true",
+                    help="first move the card's preprocessing into the graph (before calibration, quantization and "
+                         "agreement checks): the engine takes the letterboxed frame as OpenCV gives it, uint8 "
+                         "[N, H, W, 3] BGR, and casts, reorders channels, normalises and transposes to NCHW itself; "
+                         "the resize/letterbox stays on the host")
+    be.add_argument("--provider", default="cpu", choices=("cpu", "cuda", "tensorrt"),
+                    help="with --backend onnxruntime: the execution provider that runs the engine: cpu (default), "
+                         "cuda or tensorrt (both need onnxruntime-gpu; on a Jetson NVIDIA's wheel). The TensorRT "
+                         "provider runs FP16 and the INT8 Q/DQ file, caching its engines in ENGINE.ort-trt-cache")
+    be.add_argument("--nms", default="host", choices=("host", "engine"),
+                    help="where a detector's NMS runs: host (default, after the engine) or engine (appended to the "
+                         "graph before calibration, ONNX NonMaxSuppression; the engine gives end2end [N, K, 6] "
+                         "detections with the card's thresholds built in)")
     add_card_flags(be)
     be.set_defaults(func=run)
     return be
@@ -65,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         workspace_mb=args.workspace, timing_cache=args.timing_cache, sparsity=args.sparsity,
         max_batch=args.max_batch, if_stale=args.if_stale, card_file=args.card, card_overrides=card_overrides(args),
         layout=args.layout, val=args.val, val_size=args.val_size, accuracy_budget=args.accuracy_budget,
+        fuse_preprocess=args.fuse_preprocess, nms=args.nms, provider=args.provider,
     )
     rep = build_engine(args.model, args.out, opts)
     if rep.up_to_date:
@@ -73,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"engine:     {rep.engine} ({rep.backend}, {rep.precision}, {rep.bytes / 1024:.0f} KB, built in "
           f"{rep.seconds:.1f} s)")
     print(f"manifest:   {rep.manifest}")
+    if args.nms == "engine" and rep.card is not None:
+        c = rep.card
+        print(f"nms:        in the graph (score > {c.score_threshold:g}, IoU {c.iou_threshold:g}, at most "
+              f"{c.max_detections}), output layout {c.output_layout}")
     if rep.card is not None and rep.card_source != "edgekit metadata":
         c = rep.card
         print(f"model card: from {rep.card_source}: {c.task}, {c.num_classes} classes, input {c.input_size[1]}x"
@@ -80,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
               (f"; fixed the dynamic input's {', '.join(rep.fixed_input)}" if rep.fixed_input else ""))
     for kind, path in rep.extra_files.items():
         print(f"also wrote: {path} ({kind})")
+    if rep.card is not None and rep.card.input_format == "nhwc_uint8":
+        print(f"input:      '{printable(rep.card.input_name)}' takes letterboxed uint8 [N, H, W, 3] BGR frames "
+              "(preprocessing fused into the graph; the resize stays on the host)")
     if rep.placement:
         print(placement_summary(rep.placement, rep.dla_core))
     if rep.precision == "int8":

@@ -36,7 +36,8 @@ class Model:
 
     # --- the stages, one call each (run-stream runs them in separate threads) -----------------------
     def preprocess(self, frame: np.ndarray) -> Tuple[np.ndarray, Transform]:
-        """A BGR frame -> the network input tensor [1, 3, H, W] and how the frame maps onto it."""
+        """A BGR frame -> the network input ([1, 3, H, W] float, or [1, H, W, 3] uint8 where the card says the
+        preprocessing is fused into the graph) and how the frame maps onto it."""
         return preprocess(frame, self.card)
 
     def infer(self, tensor: np.ndarray) -> Dict[str, np.ndarray]:

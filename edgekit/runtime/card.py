@@ -18,6 +18,9 @@ from edgekit.runtime.text import printable
 
 RESIZE_MODES = ("letterbox", "stretch")
 PAD_PLACEMENTS = ("center", "corner")  # letterbox: image centred, or at the top-left corner (YOLOX)
+# What the graph's input takes: the preprocessed [N, 3, H, W] float tensor, or (preprocessing fused into the graph:
+# `--fuse-preprocess`) the letterboxed frame as OpenCV gives it, [N, H, W, 3] uint8 BGR, whatever `color` says.
+INPUT_FORMATS = ("nchw_float", "nhwc_uint8")
 CARD_KEY = "edgekit.card"  # the card as JSON in an ONNX file's metadata_props
 # The largest input side a card may give: above it a card is refused before anything is allocated (one
 # 100000x100000 input would be 120 GB as float32). Detection and segmentation models run well below it.
@@ -31,7 +34,7 @@ _SCHEMA: Dict[str, Optional[Tuple[str, ...]]] = {
     "arch": None,
     "arch_args": None,
     "classes": None,
-    "input": ("name", "shape", "layout", "color"),
+    "input": ("name", "shape", "layout", "color", "format"),
     "normalize": ("mean", "std"),
     "resize": ("mode", "pad_value", "pad"),
     "output": ("name", "layout", "params"),
@@ -41,7 +44,7 @@ _OPTIONAL_KEYS = ("description", "metrics", "training", "edgekit_version", "prun
 # Keys added after cards were first written are optional, and written only when they differ from the default,
 # so the cards and ONNX files made before them stay as they were.
 _OPTIONAL_SUBKEYS = {"postprocess": ("score_threshold", "iou_threshold", "max_detections", "agnostic_nms"),
-                     "resize": ("pad",), "output": ("params",)}
+                     "resize": ("pad",), "output": ("params",), "input": ("format",)}
 
 
 @dataclass
@@ -66,6 +69,7 @@ class ModelCard:
     iou_threshold: float = 0.5
     max_detections: int = 100
     agnostic_nms: bool = False  # one NMS over all classes instead of one per class
+    input_format: str = "nchw_float"  # one of INPUT_FORMATS; "nhwc_uint8": preprocessing fused into the graph
     extra: Dict[str, Any] = field(default_factory=dict)  # description, metrics, training, pruning, sparsity, ...
 
     def __post_init__(self) -> None:
@@ -76,6 +80,16 @@ class ModelCard:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def input_dtype(self) -> str:
+        """The numpy dtype name the graph's input takes."""
+        return "uint8" if self.input_format == "nhwc_uint8" else "float32"
+
+    def input_shape(self, batch: int = 1) -> Tuple[int, int, int, int]:
+        """The graph's input shape for `batch` frames: [N, 3, H, W], or [N, H, W, 3] where preprocessing is fused."""
+        h, w = self.input_size
+        return (batch, h, w, 3) if self.input_format == "nhwc_uint8" else (batch, 3, h, w)
 
     def validate(self, source: str = "model card") -> None:
         def bad(msg: str) -> EdgekitError:
@@ -93,6 +107,8 @@ class ModelCard:
             raise bad(f"input shape must be positive, got {h}x{w}")
         if h > MAX_INPUT_SIDE or w > MAX_INPUT_SIDE:
             raise bad(f"input shape {h}x{w} is larger than edgekit takes ({MAX_INPUT_SIDE} pixels a side at most)")
+        if self.input_format not in INPUT_FORMATS:
+            raise bad(f"input.format must be one of {', '.join(INPUT_FORMATS)}, not '{self.input_format}'")
         if self.color not in ("RGB", "BGR"):
             raise bad(f"input.color must be RGB or BGR, not '{self.color}'")
         if self.resize_mode not in RESIZE_MODES:
@@ -129,7 +145,8 @@ class ModelCard:
             "arch": self.arch,
             "arch_args": dict(self.arch_args),
             "classes": list(self.classes),
-            "input": {"name": self.input_name, "shape": [1, 3, h, w], "layout": "NCHW", "color": self.color},
+            "input": {"name": self.input_name, "shape": list(self.input_shape()),
+                      "layout": "NHWC" if self.input_format == "nhwc_uint8" else "NCHW", "color": self.color},
             "normalize": {"mean": [float(m) for m in self.mean], "std": [float(s) for s in self.std]},
             "resize": {"mode": self.resize_mode, "pad_value": int(self.pad_value)},
             "output": {"name": self.output_name, "layout": self.output_layout},
@@ -139,6 +156,8 @@ class ModelCard:
                 "max_detections": int(self.max_detections),
             },
         }
+        if self.input_format != "nchw_float":
+            d["input"]["format"] = self.input_format
         if self.pad_placement != "center":
             d["resize"]["pad"] = self.pad_placement
         if self.layout_params:
@@ -181,7 +200,15 @@ class ModelCard:
         try:
             inp, norm, resize, out, post = d["input"], d["normalize"], d["resize"], d["output"], d["postprocess"]
             shape = [_integer(v, "input.shape") for v in _list(inp["shape"], "input.shape")]
-            if len(shape) != 4 or shape[1] != 3 or inp["layout"] != "NCHW":
+            fmt = _text(inp.get("format", "nchw_float"), "input.format")
+            if fmt not in INPUT_FORMATS:
+                raise _Malformed(f"input.format must be one of {', '.join(INPUT_FORMATS)}, not '{fmt}'")
+            if fmt == "nhwc_uint8":  # preprocessing fused into the graph: it takes uint8 frames
+                if len(shape) != 4 or shape[3] != 3 or inp["layout"] != "NHWC":
+                    raise _Malformed(f"input.format nhwc_uint8 needs layout NHWC with 3 channels, got layout "
+                                     f"{inp['layout']} shape {shape}")
+                shape = [shape[0], shape[3], shape[1], shape[2]]  # as NCHW below
+            elif len(shape) != 4 or shape[1] != 3 or inp["layout"] != "NCHW":
                 raise _Malformed(f"input must be NCHW with 3 channels, got layout {inp['layout']} shape {shape}")
             return cls(
                 name=_text(d["name"], "name"),
@@ -204,6 +231,7 @@ class ModelCard:
                 iou_threshold=_number(post.get("iou_threshold", 0.5), "postprocess.iou_threshold"),
                 max_detections=_integer(post.get("max_detections", 100), "postprocess.max_detections"),
                 agnostic_nms=_flag(post.get("agnostic_nms", False), "postprocess.agnostic_nms"),
+                input_format=fmt,
                 extra={k: copy.deepcopy(d[k]) for k in _OPTIONAL_KEYS if k in d},
             )
         except _Malformed as e:

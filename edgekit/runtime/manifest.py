@@ -46,6 +46,7 @@ class BackendRecord:
     device: Optional[str] = None
     providers: Optional[List[str]] = None
     session_options: Optional[Dict[str, Any]] = None
+    provider_options: Optional[Dict[str, Any]] = None  # ONNX Runtime: per provider, e.g. the TensorRT provider's FP16
     strongly_typed: Optional[bool] = None
     dla_core: Optional[int] = None
     builder_flags: Optional[List[str]] = None
@@ -143,9 +144,16 @@ class BuildFlags:
     val: Optional[str] = None
     val_size: Optional[int] = None
     accuracy_budget: Optional[float] = None
+    fuse_preprocess: bool = False
+    nms: str = "host"
+    provider: Optional[str] = None  # ONNX Runtime's execution provider (cpu, cuda, tensorrt)
 
     def problem(self) -> Optional[str]:
         """What is out of range, as 'build.flags.KEY ...', or None."""
+        if self.nms not in ("host", "engine"):
+            return f"build.flags.nms {self.nms!r} is not host or engine"
+        if self.provider is not None and self.provider not in ("cpu", "cuda", "tensorrt"):
+            return f"build.flags.provider {self.provider!r} is not cpu, cuda or tensorrt"
         if self.calib_method is not None and not re.fullmatch(r"[a-z0-9_-]{1,32}", self.calib_method):
             return f"build.flags.calib_method {self.calib_method!r} is no calibration method"
         if self.accuracy_budget is not None and not 0 <= self.accuracy_budget < 100:
@@ -349,6 +357,12 @@ def rebuild_command(manifest: Manifest, engine: Path) -> str:
         args.append("--sparsity")
     if flags.max_batch != 1:
         args += ["--max-batch", str(flags.max_batch)]
+    if flags.fuse_preprocess:
+        args.append("--fuse-preprocess")
+    if flags.nms != "host":
+        args += ["--nms", flags.nms]
+    if flags.provider and flags.provider != "cpu":
+        args += ["--provider", flags.provider]
     line = printable(" ".join(shlex.quote(a) for a in args))
     if manifest.fingerprint.get("card_given"):
         line += " (with the --card/--classes/--layout flags it was built with)"

@@ -66,11 +66,15 @@ def check_card_against_graph(card: ModelCard, backend: Backend, source: str) -> 
     runs it). Dimensions the graph leaves dynamic pass. An edited card would otherwise run to a wrong result or
     to a huge allocation."""
     if backend.inputs and backend.inputs[0].shape:
-        spec, (h, w) = backend.inputs[0], card.input_size
-        shape = list(spec.shape)
-        if len(shape) != 4 or not (fits(shape[1], 3) and fits(shape[2], h) and fits(shape[3], w)):
-            raise EdgekitError(f"{source}: its model card gives a 1x3x{h}x{w} input, but the graph's input "
-                               f"'{printable(spec.name)}' is {printable(shape)}; the card does not describe this model")
+        spec = backend.inputs[0]
+        shape, want = list(spec.shape), card.input_shape()
+        # A graph with preprocessing fused into it takes [N, H, W, 3] uint8 frames, any other [N, 3, H, W] floats.
+        fused_graph, fused_card = spec.dtype == "uint8", card.input_format == "nhwc_uint8"
+        if len(shape) != 4 or not all(fits(d, n) for d, n in zip(shape[1:], want[1:])) or fused_graph != fused_card:
+            given = "x".join(str(n) for n in want) + (" uint8 (preprocessing fused)" if fused_card else "")
+            raise EdgekitError(f"{source}: its model card gives a {given} input, but the graph's input "
+                               f"'{printable(spec.name)}' is {printable(shape)} {printable(spec.dtype)}; the card "
+                               "does not describe this model")
     # A dimension the graph leaves open is None or a name (ONNX Runtime) or -1 (TensorRT): as a name, so that the
     # layouts' checks, which compare only the integers they see, pass it.
     outputs = [TensorSpec(o.name, tuple(d if known(d) or isinstance(d, str) else "?" for d in o.shape), o.dtype)

@@ -73,6 +73,7 @@ class BuildRequest:
     sparsity: bool = False
     max_batch: int = 1
     to_fp16_onnx: Optional[Callable[[Path, Path], Path]] = None  # for runtimes whose FP16 means an FP16 ONNX
+    provider: str = "cpu"  # ONNX Runtime: which execution provider runs the engine (cpu, cuda, tensorrt)
 
 
 @dataclass

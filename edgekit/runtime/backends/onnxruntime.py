@@ -15,6 +15,7 @@ import numpy as np
 from edgekit.errors import EdgekitError
 from edgekit.runtime.backends.base import (
     ONNXRUNTIME_U8S8,
+    TENSORRT_QDQ,
     Backend,
     BuildRequest,
     BuildResult,
@@ -184,6 +185,64 @@ def layer_times_from_trace(events: Sequence[Dict[str, Any]], skip_runs: int) -> 
     return sorted(layers, key=lambda t: -t.ms), len(counted)
 
 
+# build-engine --provider: the ONNX Runtime execution providers an engine runs on, first choice first; CPU last, so
+# that nodes a GPU provider does not take still run. GPU providers come with `onnxruntime-gpu` (x86-64: PyPI; Jetson:
+# NVIDIA's Jetson wheels or a source build, TENSORRT.md).
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+_TRT_EP, _CUDA_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider"
+# The provider options a manifest may record (booleans only); the cache paths are derived from the engine's path
+# when it is loaded, never read from a manifest.
+_RECORDED_PROVIDER_OPTIONS = {_TRT_EP: ("trt_fp16_enable",)}
+ENGINE_CACHE_SUFFIX = ".ort-trt-cache"  # TensorRT provider: its engines and timing cache, beside the engine file
+
+
+def choose_providers(choice: str, precision: str, available: Sequence[str]) -> Tuple[List[str], Dict[str, Any]]:
+    """(providers, recorded provider options) for build-engine --provider CHOICE at PRECISION; a one-line error
+    where this ONNX Runtime lacks the provider or the provider cannot run that precision well."""
+    if choice not in PROVIDERS:
+        raise EdgekitError(f"--provider {choice}: choose one of {', '.join(PROVIDERS)}")
+    providers = PROVIDERS[choice]
+    if providers[0] not in available:
+        raise EdgekitError(f"--provider {choice}: this onnxruntime has no {providers[0]} (available: "
+                           f"{', '.join(available)}); install onnxruntime-gpu in its place (on a Jetson, NVIDIA's "
+                           "Jetson wheel), or build with --provider cpu")
+    if choice == "cpu" and precision == "fp16":
+        raise EdgekitError("--precision fp16 is not offered on the onnxruntime CPU provider: it has no fast FP16 "
+                           "kernels and would run FP16 slower than FP32; use --provider tensorrt or cuda, or fp32/int8")
+    if choice == "cuda" and precision == "int8":
+        raise EdgekitError("--precision int8 on the CUDA provider would run the Q/DQ graph in float, slower than "
+                           "FP32; use --provider tensorrt (TensorRT runs the Q/DQ graph in INT8) or fp16")
+    options = {_TRT_EP: {"trt_fp16_enable": True}} if choice == "tensorrt" and precision == "fp16" else {}
+    return list(providers), options
+
+
+def check_provider_options(recorded: Dict[str, Any], source: str) -> None:
+    for provider, options in recorded.items():
+        allowed = _RECORDED_PROVIDER_OPTIONS.get(provider, ())
+        if not isinstance(options, dict) or any(k not in allowed or type(v) is not bool for k, v in options.items()):
+            raise EdgekitError(f"{source}: backend.provider_options.{printable(str(provider))[:60]} may only set "
+                               f"{', '.join(allowed) or 'nothing'} (true or false)")
+
+
+def provider_options(providers: Sequence[str], recorded: Optional[Dict[str, Any]],
+                     engine: Path) -> List[Dict[str, str]]:
+    """ONNX Runtime's provider options, one dict per provider: the TensorRT provider caches the engines it builds
+    (and its timing cache) in ENGINE.ort-trt-cache beside the engine file, so only the first run builds."""
+    out: List[Dict[str, str]] = []
+    for p in providers:
+        options = {k: str(v) for k, v in ((recorded or {}).get(p) or {}).items()}
+        if p == _TRT_EP:
+            cache = str(engine.with_name(engine.name + ENGINE_CACHE_SUFFIX))
+            options.update(trt_engine_cache_enable="True", trt_engine_cache_path=cache,
+                           trt_timing_cache_enable="True", trt_timing_cache_path=cache)
+        out.append(options)
+    return out
+
+
 MAX_CPU_WORKERS = 4  # sessions run-stream opens by default on a CPU provider (each holds the model's weights)
 
 
@@ -195,8 +254,7 @@ class OnnxRuntimeBackend(Backend):
         precision_notes={"fp16": "its CPU provider has no fast FP16 kernels and would run FP16 slower than FP32"},
         file_suffix=".onnx", device_label="cpu", int8_file=ONNXRUNTIME_U8S8, extra="onnxruntime",
     )
-    # How engines are run: recorded in the manifest, so a later edgekit runs them the same way.
-    PROVIDERS = ["CPUExecutionProvider"]
+    # How engines are run: recorded in the manifest (with the providers), so a later edgekit runs them the same way.
     SESSION_OPTIONS = {"graph_optimization_level": "ORT_ENABLE_ALL"}
 
     @classmethod
@@ -209,20 +267,36 @@ class OnnxRuntimeBackend(Backend):
 
     @classmethod
     def build(cls, request: BuildRequest) -> BuildResult:
-        """The engine is an ONNX file: the U8S8 one for INT8, else the FP32 one."""
-        engine = request.int8_files[ONNXRUNTIME_U8S8] if request.precision == "int8" else request.fp32_onnx
+        """The engine is an ONNX file: for INT8 the U8S8 one (CPU provider) or the symmetric Q/DQ one, which the
+        TensorRT provider runs in INT8; for FP16 on the CUDA provider an FP16 ONNX; else the FP32 one (the TensorRT
+        provider builds FP16 from it itself)."""
+        providers, options = choose_providers(request.provider, request.precision, _ort().get_available_providers())
+        engine, what = request.fp32_onnx, ""
+        if request.precision == "int8":
+            kind = TENSORRT_QDQ if providers[0] == _TRT_EP else ONNXRUNTIME_U8S8
+            engine = request.int8_files[kind]
+            what = ("symmetric Q/DQ ONNX, run in INT8 by ONNX Runtime's TensorRT provider" if kind == TENSORRT_QDQ
+                    else "U8S8 Q/DQ ONNX for the ONNX Runtime CPU provider")
+        elif request.precision == "fp16" and providers[0] == _CUDA_EP:
+            if request.to_fp16_onnx is None:
+                raise EdgekitError("--precision fp16 on the CUDA provider needs an FP16 ONNX, which this build "
+                                   "cannot make")
+            engine = request.to_fp16_onnx(request.fp32_onnx, request.work / "model.fp16.onnx")
         record = cls.environment()
-        record.providers, record.session_options = list(cls.PROVIDERS), dict(cls.SESSION_OPTIONS)
-        return BuildResult(engine, record, io_onnx=engine,
-                           int8_engine_is="U8S8 Q/DQ ONNX for the ONNX Runtime CPU provider")
+        record.providers, record.session_options = providers, dict(cls.SESSION_OPTIONS)
+        record.provider_options = options or None
+        return BuildResult(engine, record, io_onnx=engine, int8_engine_is=what)
 
     @classmethod
     def load(cls, path: Path, record: BackendRecord, pipelined: bool = False, max_batch: int = 1) -> "Backend":
         check_session_options(record.session_options or {}, str(path_for(path)))
-        return cls(path, providers=record.providers, session_options=record.session_options, pipelined=pipelined)
+        check_provider_options(record.provider_options or {}, str(path_for(path)))
+        return cls(path, providers=record.providers, session_options=record.session_options, pipelined=pipelined,
+                   recorded_options=record.provider_options)
 
     def __init__(self, path: "str | Path", providers: Optional[List[str]] = None,
-                 session_options: Optional[Dict[str, Any]] = None, pipelined: bool = False) -> None:
+                 session_options: Optional[Dict[str, Any]] = None, pipelined: bool = False,
+                 recorded_options: Optional[Dict[str, Any]] = None) -> None:
         ort = _ort()
         providers = providers or ["CPUExecutionProvider"]
         missing = [p for p in providers if p not in ort.get_available_providers()]
@@ -233,9 +307,12 @@ class OnnxRuntimeBackend(Backend):
             )
         self._path, self._providers = Path(path), providers
         self._session_options, self._pipelined = dict(session_options or {}), pipelined
+        self._recorded_options = recorded_options
         so = _session_options(ort, session_options, pipelined)
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers,
+                                                provider_options=provider_options(providers, recorded_options,
+                                                                                  self._path))
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EdgekitError(f"{path}: ONNX Runtime cannot load it: {printable(first[:300])}") from None
@@ -262,7 +339,7 @@ class OnnxRuntimeBackend(Backend):
         if threads:
             options.update(intra_op_num_threads=threads, inter_op_num_threads=1)
         return OnnxRuntimeBackend(self._path, providers=self._providers, session_options=options,
-                                  pipelined=self._pipelined)
+                                  pipelined=self._pipelined, recorded_options=self._recorded_options)
 
     def quantized_ops(self) -> Optional[List[str]]:
         """The quantized op types in the ONNX file this session runs (empty: none); None where it cannot be read."""
@@ -286,7 +363,9 @@ class OnnxRuntimeBackend(Backend):
         folder = tempfile.mkdtemp(prefix="edgekit-ort-profile-")
         try:
             so.profile_file_prefix = os.path.join(folder, "trace")
-            session = ort.InferenceSession(str(self._path), sess_options=so, providers=self._providers)
+            session = ort.InferenceSession(str(self._path), sess_options=so, providers=self._providers,
+                                           provider_options=provider_options(self._providers, self._recorded_options,
+                                                                             self._path))
             feeds = {s.name: x for s, x in zip(self._inputs, inputs)}
             for _ in range(_PROFILE_WARMUP + max(1, iterations)):
                 session.run(self._names, feeds)

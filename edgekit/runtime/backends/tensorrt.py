@@ -361,7 +361,7 @@ def _make_calibrator(trt: Any, class_name: str, tensors: Sequence[np.ndarray], c
     if base is None:
         raise EdgekitError(f"this TensorRT has no {class_name} (implicit calibration was removed in TensorRT 11)")
     # One tensor in host memory at a time: `tensors` may decode and preprocess each image as it is read.
-    batches = (np.ascontiguousarray(t, dtype=np.float32) for t in tensors)
+    batches = (np.ascontiguousarray(t) for t in tensors)
     first = next(batches, None)
     if first is None:
         raise EdgekitError("implicit INT8 calibration needs calibration images")
