@@ -13,6 +13,7 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 
 from edgekit.runtime.data.writer import write_dataset
+from edgekit.runtime.stream import decoders
 from edgekit.runtime.stream.pipeline import InOrder
 from edgekit.runtime.stream.runner import StreamOptions, run_stream
 
@@ -125,6 +126,8 @@ def test_video_fps_draws_and_encodes_only_the_frames_it_keeps(batch_engine, vide
     v = r["outputs"]["video_files"]
     assert v["frames_written"] == FRAMES // 4 and v["frames_skipped"] == FRAMES - FRAMES // 4
     assert v["fps"] == pytest.approx(fps / 4)
+    if not decoders.opencv_video_io().gstreamer:  # (a Jetson's OpenCV encodes with nvv4l2h264enc)
+        assert v["encoder"] == "mp4v" and v["encoder_note"] == "this OpenCV was built without GStreamer"
     cap = cv2.VideoCapture(str(tmp_path / "sub" / "annotated.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == FRAMES // 4
     assert r["frames"]["processed"] == FRAMES  # every frame is still inferred and written to results.jsonl
@@ -166,3 +169,11 @@ def test_in_order_passes_results_on_in_order_whatever_order_they_finish():
         t.join(10)
     assert got == [s for s in order if s not in dropped]
     assert not in_order.held
+
+
+def test_the_jetson_encoder_pipeline():
+    """What OpenCV's GStreamer writer gets on a Jetson: BGR converted on the VIC, encoded by NVENC, into MP4."""
+    assert decoders.encoder_pipeline('/runs/a "b".mp4') == (
+        "appsrc ! video/x-raw,format=BGR ! videoconvert ! video/x-raw,format=BGRx ! nvvidconv ! "
+        "video/x-raw(memory:NVMM),format=NV12 ! nvv4l2h264enc insert-sps-pps=true ! h264parse ! qtmux ! "
+        'filesink location="/runs/a \\"b\\".mp4"')

@@ -235,6 +235,35 @@ def nvidia_decoder_elements() -> Tuple[bool, str]:
     return True, "NVIDIA's GStreamer plugins are installed"
 
 
+# --- the annotated video's encoder -----------------------------------------------------------------------------
+# Jetson's hardware H.264 encoder behind OpenCV's GStreamer writer: BGR frames from appsrc, converted to NV12 in
+# NVMM memory by nvvidconv (the VIC), encoded by NVENC. Orin Nano has no NVENC: there the writer does not open and
+# the annotated video falls back to OpenCV's software mp4v writer.
+NV_ENCODE = "nvvidconv ! video/x-raw(memory:NVMM),format=NV12 ! nvv4l2h264enc insert-sps-pps=true"
+
+
+def encoder_pipeline(path: str, encode: str = NV_ENCODE) -> str:
+    """GStreamer writer pipeline (cv2.VideoWriter with CAP_GSTREAMER) that encodes BGR frames into an MP4."""
+    return (f"appsrc ! video/x-raw,format=BGR ! videoconvert ! video/x-raw,format=BGRx ! {encode} ! h264parse ! "
+            f"qtmux ! filesink location={gst_quote(path)}")
+
+
+@functools.lru_cache(maxsize=None)
+def nvidia_encoder_element() -> Tuple[bool, str]:
+    """Whether GStreamer has NVIDIA's H.264 encoder element (a Jetson with its multimedia plugins), and if not,
+    why not. (An Orin Nano has the element but no NVENC: opening the writer fails there, and is the real test.)"""
+    inspect = shutil.which("gst-inspect-1.0")
+    if not inspect:
+        return False, "no gst-inspect-1.0 to look for nvv4l2h264enc"
+    try:
+        r = subprocess.run([inspect, "nvv4l2h264enc"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False, "gst-inspect-1.0 nvv4l2h264enc did not answer"
+    return (True, "GStreamer has nvv4l2h264enc") if r.returncode == 0 else (
+        False, "GStreamer has no nvv4l2h264enc (not a Jetson)")
+
+
 def hardware_pipeline_available(vio: VideoIO,
                                 elements: Callable[[], Tuple[bool, str]] = nvidia_decoder_elements) -> Tuple[bool, str]:
     """Whether the Jetson hardware pipeline can run here, and if not, why not. `elements` is only asked where

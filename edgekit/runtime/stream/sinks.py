@@ -18,6 +18,7 @@ from edgekit.runtime import draw
 from edgekit.runtime.api import Model
 from edgekit.runtime.artifacts import open_for_writing, publish, refuse_symlink, temp_beside
 from edgekit.runtime.preprocess import letterbox
+from edgekit.runtime.stream import decoders
 
 
 def result_json(frame: Any, model: Model) -> Dict[str, Any]:
@@ -85,6 +86,11 @@ class VideoSink:
         self._encoder: Optional[threading.Thread] = None
         self.error: Optional[BaseException] = None
         self.frames_skipped = self.frames_dropped = 0
+        # On a Jetson, the hardware H.264 encoder through OpenCV's GStreamer writer; else OpenCV's mp4v.
+        hardware, why = decoders.hardware_pipeline_available(decoders.opencv_video_io(),
+                                                              decoders.nvidia_encoder_element)
+        self.encoder = "gstreamer+nvv4l2h264enc" if hardware else "mp4v"
+        self.encoder_note = "" if hardware else why
         self.writer: Optional[Any] = None
         self.rate = _Rate()
         self.size: Optional[Tuple[int, int]] = None  # (width, height), fixed by the first frame
@@ -169,6 +175,8 @@ class VideoSink:
         return {
             "files": [dict(s) for s in self._kept],  # {"name", "frames", "bytes"}, oldest first
             "fps": self.fps,
+            "encoder": self.encoder,
+            "encoder_note": self.encoder_note,
             "frames_written": self.frames_written,
             "frames_skipped": self.frames_skipped,  # left out by --video-fps
             "frames_dropped": self.frames_dropped,  # a live source's frames the encoder could not keep up with
@@ -185,7 +193,16 @@ class VideoSink:
     def _open_segment(self) -> None:
         assert self.size is not None
         self._tmp = temp_beside(self.path, keep_suffix=True)  # OpenCV picks the container by the extension
-        self.writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter.fourcc(*"mp4v"), self.fps, self.size)
+        self.writer = None
+        if self.encoder != "mp4v":  # a Jetson's hardware encoder, where OpenCV has GStreamer and it opens
+            writer = cv2.VideoWriter(decoders.encoder_pipeline(str(self._tmp)), cv2.CAP_GSTREAMER, 0, self.fps,
+                                     self.size, True)
+            if writer.isOpened():
+                self.writer = writer
+            else:
+                self.encoder, self.encoder_note = "mp4v", "nvv4l2h264enc did not open (no NVENC?): software mp4v"
+        if self.writer is None:
+            self.writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter.fourcc(*"mp4v"), self.fps, self.size)
         if not self.writer.isOpened():
             self.writer = None
             self._tmp.unlink()
