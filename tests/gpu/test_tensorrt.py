@@ -204,6 +204,42 @@ def test_inference_from_a_worker_thread(trt, det_onnx, tmp_path):
         np.testing.assert_allclose(got[0][name], value, atol=1e-5)
 
 
+def test_execution_contexts_in_parallel_give_the_engine_s_results(trt, det_onnx, tmp_path):
+    """run-stream's --workers on TensorRT: contexts of one engine, each on its own stream with its own buffers, run
+    at once from their threads and give what the engine gives alone; closing them leaves the engine running."""
+    import threading
+
+    engine = tmp_path / "det.plan"
+    build_engine(det_onnx, engine, BuildOptions(backend="tensorrt", precision="fp32"))
+    with open_engine(engine, pipelined=True) as opened:
+        frames = [preprocess(np.full((240, 320, 3), v, np.uint8), opened.card)[0] for v in (40, 100, 160, 220)]
+        expected = [opened.infer(x) for x in frames]
+        workers = [opened.backend.worker(0) for _ in range(3)]
+        got, errors = {}, []
+
+        def work(k, w):
+            try:
+                for i in range(20):
+                    got[(k, i)] = w.infer([frames[(k + i) % len(frames)]])
+            except Exception as e:  # collected for the main thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(k, w)) for k, w in enumerate(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        for w in workers:
+            w.close()
+        again = opened.infer(frames[0])
+    assert not errors, errors
+    for (k, i), out in got.items():
+        for name, value in expected[(k + i) % len(frames)].items():
+            np.testing.assert_allclose(out[name], value, atol=1e-5)
+    for name, value in expected[0].items():
+        np.testing.assert_allclose(again[name], value, atol=1e-5)
+
+
 def test_manifest_from_another_gpu_is_refused(trt, det_onnx, tmp_path):
     engine = tmp_path / "det.plan"
     build_engine(det_onnx, engine, BuildOptions(backend="tensorrt", precision="fp32"))
