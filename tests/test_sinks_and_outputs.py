@@ -172,6 +172,20 @@ def test_letterboxed_frame_keeps_its_aspect_ratio(model, tmp_path):
     assert row[:70].max() < 30 and row[90:230].min() > 200 and row[250:].max() < 30
 
 
+def test_a_live_source_never_waits_for_the_encoder(model, tmp_path):
+    """On a live source the sink hands frames to the encoder thread without waiting: what it cannot keep up with
+    is left out of the video and counted (a write that waited would drop none). 1280x720 frames handed over back
+    to back (microseconds each) outrun drawing and encoding (milliseconds each) behind a queue of 2."""
+    frames = list(detected(model, scene(40, (1280, 720))))
+    sink = VideoSink(tmp_path / "annotated.mp4", model, 30.0, live=True, queue_frames=2)
+    for f in frames:
+        sink.write(f)
+    sink.close()
+    s = sink.summary()
+    assert s["frames_dropped"] > 0 and s["frames_written"] + s["frames_dropped"] == 40
+    assert video_frames(tmp_path / "annotated.mp4") == (s["frames_written"], (1280, 720))
+
+
 @pytest.mark.parametrize("max_bytes", [0, 50_000_000])
 def test_a_run_that_fits_in_one_segment_is_annotated_mp4(model, tmp_path, max_bytes):
     sink = VideoSink(tmp_path / "annotated.mp4", model, 30.0, max_bytes=max_bytes)
@@ -190,6 +204,7 @@ def test_live_video_rotates_into_bounded_playable_segments(model, tmp_path):
     most_files, finished = 0, {}
     for f in detected(model, scene(n)):
         sink.write(f)
+        sink.flush()  # the encoder thread has written it
         videos = [p for p in tmp_path.iterdir() if p.suffix == ".mp4"]
         most_files = max(most_files, len(videos))
         finished.update({p.name: p.stat().st_size for p in videos if not p.name.startswith(".")})

@@ -151,19 +151,6 @@ def compare(reference: Dict[str, List[np.ndarray]], other: Dict[str, List[np.nda
     return out
 
 
-def run_onnxruntime(path: Path, inputs: List[np.ndarray]) -> Dict[str, List[np.ndarray]]:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    in_name = sess.get_inputs()[0].name
-    names = [o.name for o in sess.get_outputs()]
-    results: Dict[str, List[np.ndarray]] = {n: [] for n in names}
-    for x in inputs:
-        for n, y in zip(names, sess.run(names, {in_name: x})):
-            results[n].append(y)
-    return results
-
-
 def export(
     checkpoint_path: "str | Path",
     out: "str | Path",
@@ -266,7 +253,7 @@ def _export_checked(model: Any, card: ModelCard, example: Any, names: List[str],
         with torch.no_grad():
             outs = [sources.as_tuple(model(torch.from_numpy(x))) for x in batch]
             ref = {n: [o[i].numpy() for o in outs] for i, n in enumerate(names)}
-        got = run_onnxruntime(tmp, batch if fused_inputs is None else
+        got = onnx_io.run_onnxruntime(tmp, batch if fused_inputs is None else
                               fused_inputs if not dynamic_batch else fused_inputs + [np.concatenate(fused_inputs[:2])])
         parity = compare(ref, got, atol, rtol)
         bad = [p for p in parity if not p.ok]

@@ -362,14 +362,13 @@ def append_checked(model: Any, path: Any, source: str, feed: Sequence[np.ndarray
     import onnx
 
     from edgekit.build import onnx_io
-    from edgekit.build.export import run_onnxruntime
 
     card = onnx_io.embedded_card(model, source)
     if card is None:
         raise EdgekitError(f"{source}: no model card embedded; cannot append NMS")
     new = append_nms(model, card, ONNX_NMS, source)
     onnx.save(model, str(path))
-    got = run_onnxruntime(path, list(feed))
+    got = onnx_io.run_onnxruntime(path, list(feed))
     heads = [{n: v[i] for n, v in head_outputs.items()} for i in range(len(feed))]
     nms = [{n: v[i] for n, v in got.items()} for i in range(len(feed))]
     differ, worst = host_agreement(card, new, heads, nms)

@@ -3,6 +3,8 @@
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
+
 from edgekit.errors import EdgekitError
 from edgekit.runtime.backends.base import TensorSpec
 from edgekit.runtime.card import CARD_KEY, ModelCard
@@ -75,3 +77,17 @@ def io_specs(model: Any) -> Tuple[List[TensorSpec], List[TensorSpec]]:
     """The graph's inputs and outputs as the runtime side describes tensors."""
     inputs, outputs = io_names(model)
     return [tensor_spec(v) for v in inputs], [tensor_spec(v) for v in outputs]
+
+
+def run_onnxruntime(path: Path, inputs: List[np.ndarray]) -> Dict[str, List[np.ndarray]]:
+    """Each output of the ONNX file for each input (ONNX Runtime's CPU provider), by output name."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    in_name = sess.get_inputs()[0].name
+    names = [o.name for o in sess.get_outputs()]
+    results: Dict[str, List[np.ndarray]] = {n: [] for n in names}
+    for x in inputs:
+        for n, y in zip(names, sess.run(names, {in_name: x})):
+            results[n].append(y)
+    return results

@@ -133,15 +133,26 @@ class VideoSink:
     def _encode(self) -> None:
         while True:
             item = self._queue.get()
-            if item is None:
-                return
-            if self.error is not None:
-                continue  # failed: the rest is let go (the pipeline fails at the next write)
-            frame, status = item
             try:
-                self._write_image(annotate(frame, self.model, status))
-            except BaseException as e:
-                self.error = e
+                if item is None:
+                    return
+                if self.error is not None:
+                    continue  # failed: the rest is let go (the pipeline fails at the next write)
+                frame, status = item
+                try:
+                    self._write_image(annotate(frame, self.model, status))
+                except BaseException as e:
+                    self.error = e
+            finally:
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until every frame handed over so far is encoded (the files on disk are then what they will be);
+        raises the encoder's error."""
+        if self._encoder is not None:
+            self._queue.join()
+        if self.error is not None:
+            raise self.error
 
     def _write_image(self, img: np.ndarray) -> None:
         h, w = img.shape[:2]
