@@ -177,3 +177,12 @@ def test_the_jetson_encoder_pipeline():
         "appsrc ! video/x-raw,format=BGR ! videoconvert ! video/x-raw,format=BGRx ! nvvidconv ! "
         "video/x-raw(memory:NVMM),format=NV12 ! nvv4l2h264enc insert-sps-pps=true ! h264parse ! qtmux ! "
         'filesink location="/runs/a \\"b\\".mp4"')
+
+
+def test_realtime_plays_a_file_at_its_frame_rate_as_a_live_source(batch_engine, videos, tmp_path):
+    fps = cv2.VideoCapture(str(videos[0])).get(cv2.CAP_PROP_FPS)
+    r = stream(batch_engine, str(videos[0]), tmp_path / "rt", realtime=True, save_video=False)
+    assert r["source"]["live"] and any("--realtime" in n for n in r["source"]["notes"])
+    assert r["frames"]["accounted"] and r["frames"]["in"] == FRAMES
+    assert r["wall_seconds"] >= (FRAMES - 1) / fps  # not faster than the file's own pace
+    assert r["throughput_fps"] == pytest.approx(fps, rel=0.25)

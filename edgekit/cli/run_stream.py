@@ -56,6 +56,9 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     rs.add_argument("--max-frames", type=count, default=0)
     rs.add_argument("--duration", type=seconds, default=0.0, metavar="SECONDS")
     rs.add_argument("--loop", action="store_true", help="loop a video file or image folder")
+    rs.add_argument("--realtime", action="store_true",
+                    help="play video files at their frame rate as live sources (a camera's pace: frames the "
+                         "pipeline cannot keep up with are dropped and counted), to see the latency a camera would")
     rs.add_argument("--score-threshold", type=fraction, help="override the card's score threshold")
     rs.add_argument("--iou-threshold", type=fraction, help="override the card's NMS IoU threshold")
     rs.add_argument("--no-video", action="store_true", help="do not write annotated.mp4")
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         power=not args.no_power, overwrite=args.overwrite, video_max_mb=args.video_max_mb,
         video_segments=args.video_segments, video_fps=args.video_fps, workers=args.workers, batch=args.batch,
-        batch_wait_ms=args.batch_wait,
+        batch_wait_ms=args.batch_wait, realtime=args.realtime,
     )
     r = run_stream(args.engine, sources, opts)
     print(markdown(r), end="")

@@ -55,6 +55,7 @@ class StreamOptions:
     workers: Optional[int] = None  # inference workers; None: the backend's choice for this machine's cores
     batch: int = 1  # frames inferred at once, at most (a dynamic-batch engine)
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS  # how long a batch waits for more frames of a live source
+    realtime: bool = False  # video files play at their frame rate, as live sources
 
 
 # A live source runs for as long as it is left running: its annotated video rotates at this size by default.
@@ -205,7 +206,7 @@ class _Run:
             for uri in self.source_uris:
                 sources.append(open_source(uri, loop=opts.loop, timeout_s=opts.timeout, reconnect=opts.reconnect,
                                            rtsp_transport=opts.rtsp_transport, rtsp_latency_ms=opts.rtsp_latency_ms,
-                                           decoder=opts.decoder))
+                                           decoder=opts.decoder, realtime=opts.realtime))
             # Score against the sources' ground truth only where it names the model's classes (a model of other
             # classes on synthetic:// runs unscored).
             scored = [s.has_truth and s.truth_names.get(model.task.truth_kind) == list(model.card.classes)

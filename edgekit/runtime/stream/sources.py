@@ -211,7 +211,11 @@ _IMAGE_MAGIC = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"), 
 
 
 class VideoFileSource(Source):
-    def __init__(self, path: Path, loop: bool = False, decoder: Optional[str] = None) -> None:
+    """A video file: every frame, as fast as the pipeline takes them; or, `realtime`, at the file's frame rate as a
+    live source (a camera's pace: frames the pipeline cannot keep up with are dropped and counted), to see the
+    latency and drops a camera showing the same scene would get."""
+
+    def __init__(self, path: Path, loop: bool = False, decoder: Optional[str] = None, realtime: bool = False) -> None:
         if not path.is_file():
             raise EdgekitError(f"{path}: video file not found")
         if path.stat().st_size == 0:
@@ -231,8 +235,14 @@ class VideoFileSource(Source):
             cap.release()
             raise EdgekitError(f"{path}: no frame could be decoded (corrupt, truncated or not a video)")
         fourcc = int(cap.get(cv2.CAP_PROP_FOURCC))
-        self.info = SourceInfo(str(path), "file", False, cap.get(cv2.CAP_PROP_FPS) or 0.0,
-                               first.shape[1], first.shape[0], decoder="ffmpeg")
+        fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        if realtime and not 0 < fps <= 1000:
+            cap.release()
+            raise EdgekitError(f"{path}: --realtime plays a file at its frame rate, but it gives none ({fps:g})")
+        self.realtime = realtime
+        self.info = SourceInfo(str(path), "file", realtime, fps, first.shape[1], first.shape[0], decoder="ffmpeg")
+        if realtime:
+            self.info.notes.append(f"played at its frame rate, {fps:g} FPS, as a live source (--realtime)")
         # What the container announces (frames; OpenCV estimates it from duration x fps where the container has
         # no count): a file that delivers fewer frames has ended early (frames()).
         self.announced = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
@@ -311,12 +321,19 @@ class VideoFileSource(Source):
         return cap
 
     def frames(self) -> Iterator[Captured]:
+        period = 1e9 / self.info.fps if self.realtime else 0.0
+        next_t = time.monotonic_ns()
         while True:
             cap = self._open()
             truth = self._truth()
             decoded, last_ms = 0, 0.0
             try:
                 while True:
+                    if period:  # a camera's frame period: wait for the frame's turn
+                        wait = next_t - time.monotonic_ns()
+                        if wait > 0:
+                            time.sleep(wait / 1e9)
+                        next_t += period
                     t_work = time.monotonic_ns()
                     ok, frame = cap.read()
                     if not ok:
@@ -556,10 +573,12 @@ def _rtsp_source(uri: str, requested: str, timeout_s: float, reconnect: int, tra
 
 
 def open_source(uri: str, loop: bool = False, timeout_s: float = 5.0, reconnect: int = 3,
-                rtsp_transport: str = "tcp", rtsp_latency_ms: int = 200, decoder: Optional[str] = None) -> Source:
+                rtsp_transport: str = "tcp", rtsp_latency_ms: int = 200, decoder: Optional[str] = None,
+                realtime: bool = False) -> Source:
     """The source a URI names (DESIGN.md section 5). `decoder` (default: $EDGEKIT_VIDEO_DECODER, else auto)
     picks how RTSP streams and video files are decoded: auto, gstreamer (Jetson hardware decoder) or ffmpeg.
-    `reconnect`: how many times a live source (camera, CSI, RTSP) that is lost is reopened (0: never)."""
+    `reconnect`: how many times a live source (camera, CSI, RTSP) that is lost is reopened (0: never).
+    `realtime`: a video file is played at its frame rate, as a live source."""
     if uri.startswith("synthetic://"):
         return SyntheticSource(uri)
     if uri.startswith(("rtsp://", "rtsps://")):
@@ -582,4 +601,4 @@ def open_source(uri: str, loop: bool = False, timeout_s: float = 5.0, reconnect:
     if not p.exists():
         raise EdgekitError(f"{uri}: source not found (a video file, image folder, camera index, /dev/videoN, "
                            "csi://N, rtsp://... or synthetic://)")
-    return VideoFileSource(p, loop, decoder)
+    return VideoFileSource(p, loop, decoder, realtime)
