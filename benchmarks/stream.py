@@ -186,9 +186,9 @@ def hand_written_loop(engine: Path, video: Path, frames: int) -> float:
     return timed(run)
 
 
-def stream_fps(engine: Path, video: Path, frames: int, out: Path, sinks: bool) -> float:
+def stream_fps(engine: Path, video: Path, frames: int, out: Path, sinks: bool, video_fps: float = None) -> float:
     r = run_stream(engine, str(video), StreamOptions(out=str(out), max_frames=frames, save_video=sinks, jsonl=sinks,
-                                                     progress=False, power=False, overwrite=True))
+                                                     progress=False, power=False, overwrite=True, video_fps=video_fps))
     return r["throughput_fps"]
 
 
@@ -201,6 +201,19 @@ def ultralytics_fps(onnx: Path, video: Path, frames: int) -> float:
             "print('FPS', n / (time.perf_counter() - t0))\n")
     out = sh(PY, "-c", code, env={"YOLO_OFFLINE": "1", "YOLO_VERBOSE": "False"})
     return float(out.strip().splitlines()[-1].split()[1])
+
+
+def peak_rss_mb(engine: Path, video: Path, out: Path, frames: int, workers: int) -> float:
+    """Peak RSS (VmHWM) of a fresh `edgekit run-stream` process, annotated video on, as users run it. Read inside
+    the child: getrusage(RUSAGE_CHILDREN) would count this parent's pages that the child shared before exec."""
+    code = ("import sys\nfrom edgekit.cli import main\n"
+            f"rc = main(['run-stream', {str(engine)!r}, {str(video)!r}, '--out', {str(out)!r}, '-q', '--overwrite', "
+            f"'--max-frames', '{frames}', '--workers', '{workers}'])\n"
+            "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0].split()[1]\n"
+            "print('VMHWM', hwm, 'torch' in sys.modules)\n")
+    _, kb, torch_loaded = sh(PY, "-c", code).strip().splitlines()[-1].split()
+    assert torch_loaded == "False", "run-stream imported torch"
+    return int(kb) / 1024
 
 
 def main() -> None:
@@ -224,6 +237,8 @@ def main() -> None:
         "edgekit run-stream, no sinks": lambda: stream_fps(engine, video, args.frames, work / "rs-none", False),
         "edgekit run-stream, default sinks (video + JSONL)":
             lambda: stream_fps(engine, video, args.frames, work / "rs-default", True),
+        "edgekit run-stream, default sinks, --video-fps 5":
+            lambda: stream_fps(engine, video, args.frames, work / "rs-video5", True, 5.0),
         "edgekit run-stream, no sinks, --fuse-preprocess engine":
             lambda: stream_fps(p["fused"], video, args.frames, work / "rs-fused", False),
         "Ultralytics predictor (same ONNX and video)": lambda: ultralytics_fps(p["onnx"], video, args.frames),
@@ -235,7 +250,8 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in fps.items()}
     keys = list(measures)
     limit, one = med[keys[1]], med[keys[0]]
-    none, default, fused, hand, peer = med[keys[4]], med[keys[5]], med[keys[6]], med[keys[3]], med[keys[7]]
+    none, default, video5, fused = (med[keys[k]] for k in (4, 5, 6, 7))
+    hand, peer = med[keys[3]], med[keys[8]]
 
     lat1 = backend_latency(engine, video, 1)
     lat_default = backend_latency(engine, video, 0)
@@ -244,9 +260,9 @@ def main() -> None:
         out=str(work / "live"), duration=args.live_seconds, progress=False, power=False, overwrite=True,
         realtime=True))
     four = [str(p["videos15"][k % len(p["videos15"])]) for k in range(4)]
-    multi = run_stream(engine, four, StreamOptions(
+    multi = {fps: run_stream(engine, four, StreamOptions(
         out=str(work / "multi"), duration=args.live_seconds, progress=False, power=False, overwrite=True,
-        realtime=True))
+        realtime=True, video_fps=fps)) for fps in (None, 5.0)}
 
     print(f"YOLOv8n (Ultralytics-trained, 4 classes) 320x320 FP32, onnxruntime {ort.__version__} CPU, {n_cores} cores, "
           f"{args.frames}-frame 768x576 video; {args.reps} interleaved rounds, median (every round: "
@@ -259,6 +275,7 @@ def main() -> None:
     print(f"| run-stream (no sinks) / Ultralytics predictor | {none / peer:.2f} | >= 1.6 |")
     print(f"| run-stream (no sinks) / parallel backend-only limit | {none / limit:.2f} | >= 0.9 |")
     print(f"| run-stream (default sinks) / parallel backend-only limit | {default / limit:.2f} | >= 0.85 |")
+    print(f"| run-stream (default sinks, --video-fps 5) / parallel backend-only limit | {video5 / limit:.2f} | |")
     print(f"| run-stream (no sinks), preprocessing fused / parallel backend-only limit | {fused / limit:.2f} | |")
     print(f"| run-stream (default sinks) / Ultralytics predictor | {default / peer:.2f} | |")
     print(f"| parallel backend-only limit / one session | {limit / one:.2f} | |")
@@ -269,11 +286,15 @@ def main() -> None:
           f"{live['frames']['dropped']} dropped; end to end p50 {e2e['p50']:.1f} / p99 {e2e['p99']:.1f} ms; backend "
           f"latency p50: one-thread session {b1:.1f} ms, default-thread session {bd:.1f} ms; p99 / one-thread backend "
           f"p50 = {e2e['p99'] / b1:.2f} (goal <= 2)")
-    print(f"four live 15 FPS 768x576 sources (videos played at their rate), {args.live_seconds:g} s, default sinks: "
-          f"{multi['throughput_fps']:.1f} frames/s in "
-          f"total; per source (in / processed / dropped, e2e p99 ms): " + "; ".join(
-              f"{s['frames']['in']}/{s['frames']['processed']}/{s['frames']['dropped']}, "
-              f"{s['end_to_end_ms']['p99']:.1f}" for s in multi["sources"]))
+    rss = {n: peak_rss_mb(engine, video, work / "rss", 300, n) for n in (1, n_cores)}
+    print("peak RSS of an edgekit run-stream process (annotated video on, 300 frames): " + ", ".join(
+        f"{n} worker{'s' if n > 1 else ''} {mb:.0f} MB" for n, mb in rss.items()))
+    for fps, m in multi.items():
+        print(f"four live 15 FPS 768x576 sources (videos played at their rate), {args.live_seconds:g} s, default sinks"
+              f"{f', --video-fps {fps:g}' if fps else ''}: {m['throughput_fps']:.1f} frames/s in total; per source "
+              "(in / processed / dropped, e2e p99 ms): " + "; ".join(
+                  f"{s['frames']['in']}/{s['frames']['processed']}/{s['frames']['dropped']}, "
+                  f"{s['end_to_end_ms']['p99']:.1f}" for s in m["sources"]))
 
 
 if __name__ == "__main__":
