@@ -157,3 +157,16 @@ def export_onnx(module, path: Path, input_hw, output_names=("output0",)) -> Path
         torch.onnx.export(module.eval(), (torch.zeros(1, 3, *input_hw),), str(path), input_names=["images"],
                           output_names=list(output_names), opset_version=17, dynamo=False)
     return path
+
+
+def scene_clip(path: Path, frames: int = 4, size=(320, 240), seed: int = 77) -> Path:
+    """A short mp4 of generated scenes (the shapes the shipped detector was trained on)."""
+    import cv2
+
+    from edgekit.runtime.data.synth import render_image
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, size)
+    for i in range(frames):
+        writer.write(cv2.resize(render_image(seed, i).image, size))
+    writer.release()
+    return path

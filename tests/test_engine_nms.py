@@ -7,12 +7,11 @@ import dataclasses
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli, scene_clip
 
 from edgekit.build import graph_nms, onnx_io
 from edgekit.build.demo import SHIPPED
@@ -89,13 +88,7 @@ def test_engine_nms_matches_host_nms_on_real_frames_batch_1_and_2(det):
 def test_build_engine_nms_then_run_stream_on_a_video(det, tmp_path):
     """build-engine --nms engine on the host-NMS ONNX, then run-stream over a small video: the same detections
     in results.jsonl as the host-NMS engine writes."""
-    from edgekit.runtime.data.synth import render_image
-
-    video = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 240))
-    for i in range(4):
-        writer.write(cv2.resize(render_image(77, i).image, (320, 240)))
-    writer.release()
+    video = scene_clip(tmp_path / "clip.mp4")
     results = {}
     for nms in ("host", "engine"):
         engine = tmp_path / f"{nms}.ort.onnx"

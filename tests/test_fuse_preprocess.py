@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
-from conftest import assert_one_line_error, model_from_wheel, run_cli
+from conftest import assert_one_line_error, model_from_wheel, run_cli, scene_clip
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.build.demo import CALIBRATION, SHIPPED
@@ -153,13 +153,7 @@ def test_a_card_that_does_not_say_fused_is_refused(det, tmp_path):
 
 
 def test_run_stream_of_a_fused_export_finds_what_the_plain_one_finds(det, tmp_path):
-    from edgekit.runtime.data.synth import render_image
-
-    video = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 240))
-    for i in range(4):
-        writer.write(cv2.resize(render_image(77, i).image, (320, 240)))
-    writer.release()
+    video = scene_clip(tmp_path / "clip.mp4")
     results = {}
     for name in ("plain", "fused"):
         out = tmp_path / name
