@@ -876,3 +876,11 @@ def test_pycuda_uses_the_primary_context_on_every_thread(monkeypatch):
     t.start()
     t.join(10)
     assert not errors, errors
+
+
+def test_an_nms_graph_needs_a_tensorrt_that_parses_nms():
+    """build-engine --nms engine gives TensorRT ONNX's NonMaxSuppression, parsed from 8.5 (INMSLayer): an older
+    TensorRT is told so in one line before it fails in its parser."""
+    assert trtmod.nms_support({"Conv", "NonMaxSuppression", "TopK"}, parses_nms=True) == ""
+    assert trtmod.nms_support({"Conv", "Sigmoid"}, parses_nms=False) == ""
+    assert "--nms host" in trtmod.nms_support({"NonMaxSuppression"}, parses_nms=False)

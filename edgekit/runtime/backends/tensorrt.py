@@ -20,7 +20,7 @@ from collections import deque
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from edgekit.runtime.backends.base import (
     runtime_module,
 )
 from edgekit.runtime.backends.cuda_mem import BufferPool, CudaApi, open_cuda
+from edgekit.runtime.backends.onnxruntime import graph_op_types
 from edgekit.runtime.manifest import INT8_IMPLICIT, INT8_QDQ, BackendRecord
 
 if TYPE_CHECKING:  # the 10.x API, as tensorrt-stubs describe it: what pyright checks the calls against
@@ -417,6 +418,15 @@ def build_serialized(request: BuildRequest, out: Path, force_implicit: bool = Fa
     return _build(request, out, force_implicit).record
 
 
+def nms_support(ops: Set[str], parses_nms: bool) -> str:
+    """Why this TensorRT cannot build a graph with these ops for want of NMS ('' where it can): ONNX's
+    NonMaxSuppression (build-engine --nms engine) is parsed from TensorRT 8.5 (INMSLayer)."""
+    if "NonMaxSuppression" in ops and not parses_nms:
+        return ("this TensorRT does not parse ONNX NonMaxSuppression (8.5 and later do): build it with --nms host, "
+                "or on a newer TensorRT")
+    return ""
+
+
 def _build(r: BuildRequest, out: Path, force_implicit: bool = False) -> _Built:
     precision, dla_core = r.precision, r.dla_core
     trt = _trt()
@@ -449,6 +459,9 @@ def _build(r: BuildRequest, out: Path, force_implicit: bool = False) -> _Built:
         for flag in network_flag_names(features, strongly_typed):
             flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, flag))
         network = builder.create_network(flags)
+        nms_problem = nms_support(graph_op_types(onnx_path) or set(), hasattr(network, "add_nms"))
+        if nms_problem:
+            raise EdgekitError(f"{onnx_path}: {nms_problem}")
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(onnx_path)):
             errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
