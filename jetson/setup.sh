@@ -198,4 +198,8 @@ fi
 "$vpy" -c 'from edgekit.runtime.jetson.doctor import opencv_video_backends as v; import sys; sys.exit(not v().get("GStreamer"))' ||
     die "this OpenCV has no GStreamer: a pip opencv-python probably shadows JetPack's libopencv-python; pip uninstall it"
 "$venv/bin/edgekit" doctor
+# ONNX Runtime's CUDA and TensorRT execution providers (build-engine --backend onnxruntime --provider cuda|tensorrt)
+# need onnxruntime-gpu, which PyPI has no aarch64 wheel of (TENSORRT.md): NVIDIA's Jetson wheel replaces it.
+say "for ONNX Runtime on the GPU (--provider cuda|tensorrt): replace onnxruntime with NVIDIA's onnxruntime-gpu" \
+    "wheel for JetPack $family (pip uninstall onnxruntime; pip install the wheel from NVIDIA's Jetson index)"
 say "done: activate with 'source $venv/bin/activate', then run jetson/selftest.sh"
