@@ -240,6 +240,22 @@ def test_execution_contexts_in_parallel_give_the_engine_s_results(trt, det_onnx,
         np.testing.assert_allclose(again[name], value, atol=1e-5)
 
 
+def test_run_stream_on_tensorrt_reports_what_the_runner_adds_to_the_engine(trt, det_onnx, tmp_path):
+    """Two execution contexts in run-stream: every frame's H2D + compute + D2H (CUDA events) is in the report, and
+    the ratio issue 17 asks for (end-to-end p50 / engine p50, goal <= 1.15 on a Jetson) is printed."""
+    from edgekit.runtime.stream.report import markdown
+    from edgekit.runtime.stream.runner import StreamOptions, run_stream
+
+    engine = tmp_path / "det.plan"
+    build_engine(det_onnx, engine, BuildOptions(backend="tensorrt", precision="fp16"))
+    r = run_stream(engine, "synthetic://?size=640x480&fps=30", StreamOptions(
+        out=str(tmp_path / "s"), max_frames=150, save_video=False, progress=False))
+    assert r["inference"]["workers"] == 2 and r["frames"]["accounted"]
+    assert r["engine_ms"]["count"] == r["frames"]["processed"] > 0
+    assert r["engine_ms"]["p50"] >= r["device_ms"]["p50"] > 0
+    assert "end to end p50 / engine p50 (H2D + compute + D2H)" in markdown(r)
+
+
 def test_manifest_from_another_gpu_is_refused(trt, det_onnx, tmp_path):
     engine = tmp_path / "det.plan"
     build_engine(det_onnx, engine, BuildOptions(backend="tensorrt", precision="fp32"))

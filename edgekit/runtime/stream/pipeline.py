@@ -47,7 +47,8 @@ class Frame:
     output: Optional[Dict[str, np.ndarray]] = None  # raw outputs by name, of the frame's whole batch
     result: Any = None
     t: Dict[str, int] = field(default_factory=dict)  # "<stage>_start"/"<stage>_end" -> monotonic ns
-    device_ms: Optional[float] = None  # device time of the frame's batch
+    device_ms: Optional[float] = None  # device time of the frame's batch (CUDA events around the compute)
+    engine_ms: Optional[float] = None  # host-to-device copy + compute + device-to-host copy of its batch
     source_name: Optional[str] = None  # the file a frame came from, for image folders
     source: int = 0  # which of the run's sources it came from
     batch_index: int = 0  # its row in `output`
@@ -66,6 +67,7 @@ class StreamStats:
         self.queue_waits = {f"{a}->{b}": LatencyHistogram() for a, b in zip(STAGES, STAGES[1:])}
         self.end_to_end = LatencyHistogram()
         self.device = LatencyHistogram()
+        self.engine = LatencyHistogram()
         self.recent_end_to_end_ms: Deque[float] = deque(maxlen=recent)
         # (from, to, histogram) of each stage's work and each wait in a queue, as keys of Frame.t
         self._spans = [(f"{s}_start", f"{s}_end", self.stages[s]) for s in STAGES] + [
@@ -81,6 +83,8 @@ class StreamStats:
         self.recent_end_to_end_ms.append(e2e)
         if f.device_ms is not None:
             self.device.add(f.device_ms)
+        if f.engine_ms is not None:
+            self.engine.add(f.engine_ms)
         return e2e
 
 
@@ -393,14 +397,17 @@ class Pipeline:
                         self._in_order.done(f.seq, None)
                     continue
                 t1 = time.monotonic_ns()
-                device_ms = backend.last_timing.device_ms
+                timing = backend.last_timing
+                device_ms = timing.device_ms
+                parts = (timing.h2d_ms, timing.device_ms, timing.d2h_ms)
+                engine_ms = sum(x for x in parts if x is not None) if None not in parts else None
                 with self._lock:
                     self.batch_sizes[len(frames)] += 1
                     self.worker_frames[w] += len(frames)
                 for i, f in enumerate(frames):
                     f.t["infer_start"], f.t["infer_end"] = t0, t1
                     f.output, f.batch_index, f.batch_size, f.worker = outputs, i, len(frames), w
-                    f.device_ms = device_ms
+                    f.device_ms, f.engine_ms = device_ms, engine_ms
                     f.tensor = None  # free it early: only the outputs travel on
                     self._in_order.done(f.seq, f)
         finally:

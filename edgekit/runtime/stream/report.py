@@ -64,6 +64,8 @@ def build(p: Pipeline, extra: Dict[str, Any]) -> Dict[str, Any]:
         "stages_ms": {s: h.summary() for s, h in st.stages.items()},
         "queue_wait_ms": {q: h.summary() for q, h in st.queue_waits.items()},
         "device_ms": st.device.summary() if st.device.count else None,
+        # H2D + compute + D2H of each frame's batch (CUDA events): end to end over this is what the runner adds
+        "engine_ms": st.engine.summary() if st.engine.count else None,
         "latency_stats": {"method": "log-bucket histogram", "relative_error": LatencyHistogram.RELATIVE_ERROR,
                           "exact": ["count", "max", "mean", "std", "cv"],
                           "cdf_plot_frames": len(st.recent_end_to_end_ms)},
@@ -94,6 +96,10 @@ def markdown(r: Dict[str, Any]) -> str:
     ]
     if r.get("error"):
         lines.append(f"- error: {printable(r['error'])}")
+    engine, e2e = r.get("engine_ms") or {}, r["end_to_end_ms"]
+    if engine.get("count") and e2e.get("count") and engine["p50"] > 0:
+        lines.append(f"- end to end p50 / engine p50 (H2D + compute + D2H): {e2e['p50']:.2f} / {engine['p50']:.2f} "
+                     f"ms = {e2e['p50'] / engine['p50']:.2f}")
     inf = r.get("inference")
     if inf:
         threads = f" x {inf['threads_per_worker']} thread{'s' if inf['threads_per_worker'] != 1 else ''}" \
@@ -126,6 +132,8 @@ def markdown(r: Dict[str, Any]) -> str:
         lines.append(row(s, st))
     if r.get("device_ms"):
         lines.append(row("infer (device, CUDA events)", r["device_ms"]))
+    if r.get("engine_ms"):
+        lines.append(row("infer (device: H2D + compute + D2H)", r["engine_ms"]))
     for q, st in r["queue_wait_ms"].items():
         lines.append(row(f"queue wait {q}", st))
     return printable("\n".join(lines) + "\n", multiline=True)  # the URI, error and notes came from outside
