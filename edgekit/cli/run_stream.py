@@ -22,9 +22,10 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     rs = sub.add_parser(
         "run-stream", help="run an engine on a video stream and report latency per stage", parents=parents,
         description="Run an engine on a stream: a video file, an image folder, a camera index or /dev/videoN, "
-                    "csi://N, rtsp://... or synthetic://?size=640x480&fps=30. One thread per stage; live "
-                    "sources drop the oldest frame when behind (counted), files lose none. Writes "
-                    "report.json/.md, latency plots, annotated.mp4 and results.jsonl to --out.",
+                    "csi://N, rtsp://... or synthetic://?size=640x480&fps=30; several feed one engine. One thread "
+                    "per stage and several inference workers, frames kept in order; live sources drop the oldest "
+                    "frame when behind (counted), files lose none. Writes report.json/.md, latency plots, "
+                    "annotated.mp4 and results.jsonl to --out.",
         epilog="exit status: " + "; ".join(f"{code}: {what}" for code, what in EXIT_CODES.items())
                + ". The report is written after a source failure, Ctrl-C and SIGTERM too.",
     )
@@ -40,8 +41,8 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
     rs.add_argument("--workers", type=positive_int, metavar="N",
                     help="inference workers: N ONNX Runtime sessions (CPU: the cores shared among them) or N TensorRT "
                          "execution contexts, each on its own CUDA stream; frames leave in order (default: from the "
-                         "backend and this machine's cores: ONNX Runtime on CPU up to 4 one-thread sessions, "
-                         "TensorRT 2)")
+                         "backend and this machine's cores: ONNX Runtime on CPU up to 4 sessions sharing the "
+                         "cores, one thread each on 4 cores or fewer; TensorRT 2)")
     rs.add_argument("--batch", type=positive_int, default=1, metavar="B",
                     help="infer up to B ready frames at once (an engine with a dynamic batch axis, or built with "
                          "--max-batch B); the report gives the batch sizes used (default 1)")
@@ -53,7 +54,7 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
                          "the others cost no drawing or encoding")
     add_out(rs, "runs/stream")
     add_task_filter(rs)
-    rs.add_argument("--max-frames", type=count, default=0)
+    rs.add_argument("--max-frames", type=count, default=0, help="stop each source after this many frames")
     rs.add_argument("--duration", type=seconds, default=0.0, metavar="SECONDS")
     rs.add_argument("--loop", action="store_true", help="loop a video file or image folder")
     rs.add_argument("--realtime", action="store_true",
