@@ -36,11 +36,14 @@ def test_profile_layers_lists_the_slowest_real_nodes(det_engine, tmp_path):
     assert len({t["name"] for t in top}) == len(top)
     assert all(t["share"] == pytest.approx(t["ms"] / lay["total_ms"]) for t in top) and sum(t["share"] for t in top) < 1
     assert lay["latency_ms"] == pytest.approx(rep["host_ms"]["mean"])
+    # The layers account for the latency: the same order of magnitude (a unit slip, microseconds for milliseconds,
+    # is 1000x). Two measurements moments apart on a shared 2-core machine, beside another test worker, differ by
+    # up to ~2x (seen: layers 2.8 ms against a mean latency of 1.55 ms whose p50 was 0.9): allow one repeat.
     ratio = lay["total_ms"] / lay["latency_ms"]
-    if not 0.3 <= ratio <= 1.5:  # two measurements moments apart on a shared machine: allow one repeat
+    if not 0.3 <= ratio <= 3.0:
         _, again = _profile_layers(det_engine, tmp_path / "p2", tmp_path / "tmp")
         ratio = again["layers"]["total_ms"] / again["layers"]["latency_ms"]
-    assert 0.3 <= ratio <= 1.5, (ratio, lay["total_ms"], rep["host_ms"])  # the layers account for the latency
+    assert 0.3 <= ratio <= 3.0, (ratio, lay["total_ms"], rep["host_ms"])
     # the table a user reads, on screen and in profile.md
     first = top[0]
     row = f"| {first['name']} | {first['kind']} | CPU | {first['ms']:.3f} | {100 * first['share']:.1f}% |"
