@@ -70,6 +70,28 @@ def test_ultralytics_export_needs_no_card_flags(doclaynet, pages, tmp_path):
     assert len(rows) == 3 and {"Text", "Table"} <= found, found
 
 
+def test_nms_in_the_graph_and_parallel_workers_keep_a_real_model_s_detections(doclaynet, pages, tmp_path):
+    """A real trained YOLOv8n (DocLayNet): build-engine --nms engine, run by two workers, finds on every page what
+    the host-NMS engine run by one worker finds, in the same frame order."""
+    rows = {}
+    for nms, workers in (("host", "1"), ("engine", "2")):
+        engine = tmp_path / f"{nms}.onnx"
+        r = run_cli("build-engine", str(doclaynet), "-o", str(engine), "--backend", "onnxruntime", "--nms", nms)
+        assert r.returncode == 0, r.stderr
+        r = run_cli("run-stream", str(engine), str(pages), "-o", str(tmp_path / nms), "-q", "--no-video",
+                    "--workers", workers)
+        assert r.returncode == 0, r.stderr
+        rows[nms] = [json.loads(line) for line in (tmp_path / nms / "results.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in rows["host"]] == [r["source"] for r in rows["engine"]] == \
+        sorted(p.name for p in pages.iterdir())
+    assert sum(len(r["detections"]) for r in rows["host"]) >= 9
+    for h, e in zip(rows["host"], rows["engine"]):
+        key = lambda d: (-d["score"], d["class"])  # noqa: E731
+        dh, de = sorted(h["detections"], key=key), sorted(e["detections"], key=key)
+        assert [d["class"] for d in dh] == [d["class"] for d in de]
+        assert np.allclose([d["box"] for d in dh], [d["box"] for d in de], atol=0.11)
+
+
 def test_ultralytics_int8_keeps_the_detections(doclaynet, pages, tmp_path):
     engine = tmp_path / "doclaynet.int8.onnx"
     r = run_cli("build-engine", str(doclaynet), "-o", str(engine), "--backend", "onnxruntime", "--precision", "int8",

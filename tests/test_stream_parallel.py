@@ -186,3 +186,11 @@ def test_realtime_plays_a_file_at_its_frame_rate_as_a_live_source(batch_engine, 
     assert r["frames"]["accounted"] and r["frames"]["in"] == FRAMES
     assert r["wall_seconds"] >= (FRAMES - 1) / fps  # not faster than the file's own pace
     assert r["throughput_fps"] == pytest.approx(fps, rel=0.25)
+
+
+def test_realtime_on_an_image_folder_is_one_line(batch_engine, tmp_path):
+    (tmp_path / "imgs").mkdir()
+    cv2.imwrite(str(tmp_path / "imgs" / "a.png"), np.zeros((32, 32, 3), np.uint8))
+    r = run_cli("run-stream", str(batch_engine), str(tmp_path / "imgs"), "--realtime", "-o", str(tmp_path / "o"))
+    assert_one_line_error(r, "--realtime plays video files at their frame rate; an image folder has none")
+    assert not (tmp_path / "o").exists()

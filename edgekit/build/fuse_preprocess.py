@@ -17,7 +17,7 @@ import numpy as np
 from edgekit.build import onnx_io
 from edgekit.errors import EdgekitError
 from edgekit.runtime.card import ModelCard
-from edgekit.runtime.preprocess import _normalization
+from edgekit.runtime.preprocess import normalization
 from edgekit.runtime.text import printable
 
 FUSED_FORMAT = "nhwc_uint8"
@@ -67,7 +67,7 @@ def fuse(model: Any, card: ModelCard, source: str) -> Tuple[Any, ModelCard]:
     frame_batch = frame.type.tensor_type.shape.dim[0]
     frame_batch.CopyFrom(batch)  # a dynamic batch axis stays dynamic, under its name
 
-    scale, bias = _normalization(tuple(card.mean), tuple(card.std))  # [3, 1, 1], in the network's channel order
+    scale, bias = normalization(tuple(card.mean), tuple(card.std))  # [3, 1, 1], in the network's channel order
     consts = [numpy_helper.from_array(scale.astype(np.float32), f"{PREFIX}/scale"),
               numpy_helper.from_array(bias.astype(np.float32), f"{PREFIX}/bias")]
     # Transposed right after the cast: the channel reversal then moves whole planes and the normalisation broadcasts

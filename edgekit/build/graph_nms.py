@@ -28,7 +28,7 @@ The NMS tail comes after the last convolution, so the INT8 quantizer leaves it i
 
 import dataclasses
 import json
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -318,22 +318,14 @@ def host_agreement(card_head: ModelCard, card_nms: ModelCard, head_outputs: Sequ
                    nms_outputs: Sequence[Mapping[str, np.ndarray]]) -> Tuple[int, float]:
     """(frames whose detections differ, largest box difference in pixels among those that agree) between host NMS
     on the head's outputs and the appended NMS's outputs, each image of each batch decoded through its card."""
-    from edgekit.runtime import registry
-    from edgekit.runtime.layouts.base import DecodeParams
-    from edgekit.runtime.preprocess import Transform
+    from edgekit.runtime.measure.evaluate import decoder
 
-    h, w = card_head.input_size
-    same = Transform.identity(w, h)
-    decode: List[Tuple[ModelCard, Callable[..., Any]]] = []
-    for card in (card_head, card_nms):
-        lay = registry.layout(card.output_layout)
-        decode.append((card, lambda outs, i, lay=lay, card=card: lay.decode(lay.image(outs, i), same, card,
-                                                                               DecodeParams.of(card))))
+    host, graph = decoder(card_head), decoder(card_nms)
     differ, worst = 0, 0.0
     for head, nms in zip(head_outputs, nms_outputs):
         batch = len(next(iter(head.values())))
         for i in range(batch):
-            a, b = decode[0][1](head, i), decode[1][1](nms, i)
+            a, b = host(head, i), graph(nms, i)
             same_result, diff = compare_detections(a, b)
             differ += not same_result
             worst = max(worst, diff)

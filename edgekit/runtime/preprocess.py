@@ -95,7 +95,7 @@ def to_tensor(resized_bgr: np.ndarray, card: ModelCard) -> np.ndarray:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     if card.color == "RGB":
         img = img[..., ::-1]
-    scale, bias = _normalization(tuple(card.mean), tuple(card.std))
+    scale, bias = normalization(tuple(card.mean), tuple(card.std))
     chw = np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)
     chw *= scale
     chw += bias
@@ -103,7 +103,7 @@ def to_tensor(resized_bgr: np.ndarray, card: ModelCard) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _normalization(mean: Tuple[float, ...], std: Tuple[float, ...]) -> Tuple[np.ndarray, np.ndarray]:
+def normalization(mean: Tuple[float, ...], std: Tuple[float, ...]) -> Tuple[np.ndarray, np.ndarray]:
     """(scale, bias), shaped [3, 1, 1], so that x * scale + bias == (x / 255 - mean) / std."""
     s = np.asarray(std, dtype=np.float32)
     return (1.0 / (255.0 * s))[:, None, None], (-np.asarray(mean, dtype=np.float32) / s)[:, None, None]

@@ -280,11 +280,19 @@ def rle_encode(mask: np.ndarray) -> Dict[str, Any]:
     m = np.asarray(mask, bool)
     cols = np.flatnonzero(m.any(0))
     if not len(cols):
-        return {"size": [int(h), int(w)], "counts": _rle_string([h * w]) if h * w else ""}
-    # Only the columns the object spans are scanned (a frame-sized mask of a small object is mostly background);
-    # the columns either side join the first and last background runs.
+        return rle_of_columns(np.zeros((h, 0), bool), 0, w)
+    # Only the columns the object spans are scanned (a frame-sized mask of a small object is mostly background).
     x0, x1 = int(cols[0]), int(cols[-1]) + 1
-    flat = m[:, x0:x1].ravel(order="F")
+    return rle_of_columns(m[:, x0:x1], x0, w)
+
+
+def rle_of_columns(strip: np.ndarray, x0: int, width: int) -> Dict[str, Any]:
+    """rle_encode of a height x `width` mask that is all background outside `strip`, its columns x0.. (the height
+    is the strip's): the columns either side join the first and last background runs."""
+    h = strip.shape[0]
+    if not strip.size:
+        return {"size": [int(h), int(width)], "counts": _rle_string([h * width]) if h * width else ""}
+    flat = strip.ravel(order="F")
     edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     runs = np.diff(np.concatenate(([0], edges, [flat.size]))).tolist()
     if flat[0]:
@@ -292,10 +300,10 @@ def rle_encode(mask: np.ndarray) -> Dict[str, Any]:
     runs[0] += x0 * h
     if flat[-1]:
         runs.append(0)
-    runs[-1] += (w - x1) * h
+    runs[-1] += (width - x0 - strip.shape[1]) * h
     if runs[-1] == 0:
         runs.pop()
-    return {"size": [int(h), int(w)], "counts": _rle_string(runs)}
+    return {"size": [int(h), int(width)], "counts": _rle_string(runs)}
 
 
 def _rle_string(runs: List[int]) -> str:

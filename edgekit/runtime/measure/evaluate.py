@@ -25,15 +25,16 @@ def accuracy_text(task: str, m: Mapping[str, Any], compact: bool = False) -> str
     return registry.task(task).accuracy_text(m, compact)
 
 
-def decoder(card: ModelCard) -> Callable[[Mapping[str, np.ndarray]], Any]:
-    """Raw outputs of one network input (batch axis first) -> the task's result in input pixels, through the
-    card's layout and thresholds: what agreement between two engines compares."""
+def decoder(card: ModelCard) -> Callable[..., Any]:
+    """Raw outputs of a network input (batch axis first), and which image of the batch (default 0) -> the task's
+    result in input pixels, through the card's layout and thresholds: what agreement between two engines
+    compares."""
     layout = registry.layout(card.output_layout)
     h, w = card.input_size
     same_frame, params = Transform.identity(w, h), DecodeParams.of(card)
 
-    def result(outputs: Mapping[str, np.ndarray]) -> Any:
-        return layout.decode(layout.image(outputs, 0), same_frame, card, params)
+    def result(outputs: Mapping[str, np.ndarray], index: int = 0) -> Any:
+        return layout.decode(layout.image(outputs, index), same_frame, card, params)
 
     return result
 

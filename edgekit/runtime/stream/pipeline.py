@@ -52,8 +52,6 @@ class Frame:
     source_name: Optional[str] = None  # the file a frame came from, for image folders
     source: int = 0  # which of the run's sources it came from
     batch_index: int = 0  # its row in `output`
-    batch_size: int = 1  # frames inferred together with it (itself included)
-    worker: int = 0  # the inference worker that ran it
     seq: int = -1  # its place in the order frames entered the infer stage, which is the order they leave it
 
 
@@ -104,7 +102,6 @@ class Feed:
         self.end_to_end = LatencyHistogram()
         self.stop_reason = ""
         self.error: Optional[BaseException] = None
-        self.t_first = self.t_last = 0  # capture time of its first frame, end of its last processed frame
 
 
 class Mux:
@@ -269,8 +266,6 @@ class Pipeline:
                 f.t["capture_end"] = time.monotonic_ns()
                 with self._lock:
                     feed.counters.frames_in += 1
-                    if not feed.t_first:
-                        feed.t_first = f.t_capture
                 # a live source drops its oldest frame when behind; a file waits for room, unless the pipeline
                 # failed meanwhile (then the frame is counted as dropped)
                 left_out = self.mux.put(k, f, live, lambda: self.error is not None)
@@ -336,7 +331,6 @@ class Pipeline:
         feed.end_to_end.add(e2e)
         with self._lock:
             feed.counters.processed += 1
-            feed.t_last = f.t["sink_end"]
         if self.on_frame is not None:
             self.on_frame(self, f)
 
@@ -377,6 +371,8 @@ class Pipeline:
     def _infer_worker(self, w: int) -> None:
         backend = self.workers[w]
         limit = backend.batch_limit()
+        first = backend.inputs[0].shape[0] if backend.inputs and backend.inputs[0].shape else None
+        fixed = first if isinstance(first, int) and first > 1 else 1  # a fixed-batch engine takes this many
         try:
             while True:
                 frames = self._take()
@@ -389,7 +385,7 @@ class Pipeline:
                     continue
                 t0 = time.monotonic_ns()
                 try:
-                    outputs = self._run_batch(backend, frames, limit)
+                    outputs = self._run_batch(backend, frames, limit, fixed)
                 except BaseException as e:
                     self._fail(e)
                     for f in frames:
@@ -406,7 +402,7 @@ class Pipeline:
                     self.worker_frames[w] += len(frames)
                 for i, f in enumerate(frames):
                     f.t["infer_start"], f.t["infer_end"] = t0, t1
-                    f.output, f.batch_index, f.batch_size, f.worker = outputs, i, len(frames), w
+                    f.output, f.batch_index = outputs, i
                     f.device_ms, f.engine_ms = device_ms, engine_ms
                     f.tensor = None  # free it early: only the outputs travel on
                     self._in_order.done(f.seq, f)
@@ -418,14 +414,13 @@ class Pipeline:
                 self._put_blocking(self.queues[1], _END, force=True)
 
     @staticmethod
-    def _run_batch(backend: Backend, frames: List[Frame], limit: Optional[int]) -> Dict[str, np.ndarray]:
+    def _run_batch(backend: Backend, frames: List[Frame], limit: Optional[int], fixed: int) -> Dict[str, np.ndarray]:
         tensors = [f.tensor for f in frames]
         assert all(t is not None for t in tensors)
         if limit is not None and len(tensors) > limit:
             raise EdgekitError(f"a batch of {len(tensors)} frames: this engine takes at most {limit}")
-        first = backend.inputs[0].shape[0] if backend.inputs and backend.inputs[0].shape else None
-        if isinstance(first, int) and first > len(tensors):  # a fixed-batch engine: fill it up, the rows are ignored
-            tensors += [tensors[-1]] * (first - len(tensors))
+        if fixed > len(tensors):  # a fixed-batch engine: fill it up, the extra rows are ignored
+            tensors += [tensors[-1]] * (fixed - len(tensors))
         x = tensors[0] if len(tensors) == 1 else np.concatenate(tensors, axis=0)
         return backend.infer([x])
 

@@ -597,6 +597,8 @@ def open_source(uri: str, loop: bool = False, timeout_s: float = 5.0, reconnect:
                                                         cv2.CAP_V4L2 if v4l2 else cv2.CAP_ANY)], reconnect=reconnect)
     p = Path(uri)
     if p.is_dir():
+        if realtime:
+            raise EdgekitError(f"{uri}: --realtime plays video files at their frame rate; an image folder has none")
         return ImageFolderSource(p, loop)
     if not p.exists():
         raise EdgekitError(f"{uri}: source not found (a video file, image folder, camera index, /dev/videoN, "

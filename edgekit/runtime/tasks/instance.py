@@ -210,24 +210,11 @@ class FrameMask:
         columns the object spans, with the columns either side joining the first and last background runs."""
         cols = np.flatnonzero(self.pixels.any(0))
         if not len(cols):
-            counts = datasets._rle_string([height * width]) if height * width else ""
-            return {"size": [int(height), int(width)], "counts": counts}
+            return datasets.rle_of_columns(np.zeros((height, 0), bool), 0, width)
         c0, c1 = int(cols[0]), int(cols[-1]) + 1
         strip = np.zeros((height, c1 - c0), bool)  # those columns, frame height
         strip[self.y:self.y + self.pixels.shape[0]] = self.pixels[:, c0:c1]
-        x0, x1 = self.x + c0, self.x + c1
-        flat = strip.ravel(order="F")
-        edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-        runs = np.diff(np.concatenate(([0], edges, [flat.size]))).tolist()
-        if flat[0]:
-            runs.insert(0, 0)
-        runs[0] += x0 * height
-        if flat[-1]:
-            runs.append(0)
-        runs[-1] += (width - x1) * height
-        if runs[-1] == 0:
-            runs.pop()
-        return {"size": [int(height), int(width)], "counts": datasets._rle_string(runs)}
+        return datasets.rle_of_columns(strip, self.x + c0, width)
 
 
 def frame_windows(masks: Sequence[InputMask], transform: Transform, in_w: int, in_h: int) -> List[FrameMask]:
