@@ -2,6 +2,7 @@
 manifest, written atomically; INT8 calibrated on real images through the card's preprocessing."""
 
 import contextlib
+import itertools
 import numbers
 import shutil
 import signal
@@ -32,6 +33,7 @@ from edgekit.runtime.measure import evaluate
 from edgekit.runtime.text import printable
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")
+NMS_CHECK_FRAMES = 8  # --nms engine: frames the appended NMS is checked against host NMS on
 
 
 @dataclass
@@ -350,9 +352,16 @@ def _build_in(work: Path, model: Any, onnx_path: Path, out: Path, opts: BuildOpt
     outputs = describe.run_outputs(fp32, described.card, str(onnx_path), fixed)
     card = describe.resolve_layout(described, outputs, str(onnx_path))
     if opts.nms == "engine":  # before calibration and the agreement runs: every file built carries the NMS
-        # The ONNX NonMaxSuppression graph for every backend, TensorRT included (graph_nms.tensorrt_graph says why).
+        # The ONNX NonMaxSuppression graph for every backend, TensorRT included (graph_nms.tensorrt_graph says why),
+        # checked against host NMS on the first frames agreement is measured on.
+        head_card, head = card, work / "head.onnx"
+        fp32.rename(head)
         card = graph_nms.append_nms(model, card, graph_nms.ONNX_NMS, str(onnx_path))
         onnx.save(model, str(fp32))
+        feed = list(itertools.islice(calibration.Preprocessed(
+            judged if judged is not None else _agreement_frames(card), card), NMS_CHECK_FRAMES))
+        graph_nms.check_against_host(head_card, card, onnx_io.run_onnxruntime(head, feed), fp32, feed,
+                                     str(onnx_path), "frames checked")
     if onnx_io.embedded_card(model, str(onnx_path)) != card:  # carry the card inside from now on
         onnx_io.set_card(model, card)
         onnx.save(model, str(fp32))

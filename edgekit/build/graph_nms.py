@@ -346,6 +346,21 @@ def compare_detections(a: Any, b: Any, atol: float = 1e-3) -> Tuple[bool, float]
     return same, diff
 
 
+def check_against_host(card_head: ModelCard, card_nms: ModelCard, head_outputs: Mapping[str, Sequence[np.ndarray]],
+                       nms_path: Any, feed: Sequence[np.ndarray], source: str, frames: str) -> None:
+    """The appended NMS (the graph in `nms_path`) against host NMS on the head's outputs (`head_outputs`: by name,
+    one per input of `feed`); a one-line error where any of the `frames` decodes to other detections."""
+    from edgekit.build import onnx_io
+
+    got = onnx_io.run_onnxruntime(nms_path, list(feed))
+    heads = [{n: v[i] for n, v in head_outputs.items()} for i in range(len(feed))]
+    nms = [{n: v[i] for n, v in got.items()} for i in range(len(feed))]
+    differ, _ = host_agreement(card_head, card_nms, heads, nms)
+    if differ:
+        raise EdgekitError(f"{source}: with NMS in the graph, {differ} of the {len(feed)} {frames} decode to other "
+                           "detections than host NMS gives; not written (use --nms host)")
+
+
 def append_checked(model: Any, path: Any, source: str, feed: Sequence[np.ndarray],
                    head_outputs: Mapping[str, Sequence[np.ndarray]]) -> Any:
     """`edgekit export --nms engine`: append the ONNX NMS to a head that passed parity (the card embedded in
@@ -360,11 +375,5 @@ def append_checked(model: Any, path: Any, source: str, feed: Sequence[np.ndarray
         raise EdgekitError(f"{source}: no model card embedded; cannot append NMS")
     new = append_nms(model, card, ONNX_NMS, source)
     onnx.save(model, str(path))
-    got = onnx_io.run_onnxruntime(path, list(feed))
-    heads = [{n: v[i] for n, v in head_outputs.items()} for i in range(len(feed))]
-    nms = [{n: v[i] for n, v in got.items()} for i in range(len(feed))]
-    differ, worst = host_agreement(card, new, heads, nms)
-    if differ:
-        raise EdgekitError(f"{source}: with NMS in the graph, {differ} of the parity frames decode to other detections "
-                           "than host NMS gives; not written (use --nms host)")
+    check_against_host(card, new, head_outputs, path, feed, source, "parity frames")
     return model
