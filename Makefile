@@ -31,7 +31,7 @@ lint: $(STAMP)
 # The TensorRT backend is written from the documented API: check it against tensorrt-stubs (10.x API).
 typecheck: $(STAMP)
 	$(VENV)/bin/pyright --pythonpath $(PY) edgekit/runtime/backends edgekit/runtime/opening.py \
-		edgekit/runtime/manifest.py edgekit/runtime/calibration.py edgekit/build/engine_build.py
+		edgekit/runtime/manifest.py edgekit/runtime/calibration.py edgekit/build/engine_build.py edgekit/runtime/serving
 
 # Two workers on the 2-core CI machine: many tests wait on subprocesses, video files and an RTSP server.
 # --dist loadfile keeps a file's tests (and its module fixtures: engines, real models) on one worker.

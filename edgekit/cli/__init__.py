@@ -19,6 +19,7 @@ from edgekit.cli import (
     demo,
     doctor,
     export,
+    export_triton,
     import_model,
     layouts,
     models,
@@ -33,8 +34,8 @@ from edgekit.errors import EXIT_INTERRUPTED, EXIT_USAGE, EdgekitError, MissingDe
 from edgekit.runtime.text import printable
 
 # In the order `edgekit --help` lists them.
-VERBS = (data, train, import_model, prune, export, build_engine, calib_set, run_stream, profile, eval_verb, sweep,
-         doctor, demo, models, layouts)
+VERBS = (data, train, import_model, prune, export, build_engine, calib_set, run_stream, export_triton, profile,
+         eval_verb, sweep, doctor, demo, models, layouts)
 
 # import name -> (package to install, edgekit extra that brings it)
 OPTIONAL_MODULES = {
@@ -46,6 +47,8 @@ OPTIONAL_MODULES = {
     "yaml": ("pyyaml", "build"),
     "faster_coco_eval": ("faster-coco-eval", "eval"),
     "onnxruntime": ("onnxruntime", "onnxruntime"),
+    "tritonclient": ("tritonclient", "triton"),
+    "google": ("protobuf", "triton"),
 }
 
 

@@ -28,7 +28,7 @@ class Opened:
     manifest: Optional[Manifest]  # None for a plain ONNX or a checkpoint
     record: BackendRecord  # what runs it (the manifest's record for a built engine)
     precision: str
-    path: Path
+    path: "Path | str"  # the engine's file, or a served model's URL (triton://...)
 
     def infer(self, tensor: np.ndarray) -> Dict[str, np.ndarray]:
         """Raw outputs by name for one preprocessed [N, 3, H, W] tensor."""
@@ -131,9 +131,15 @@ def plain_onnx_precision(backend: Backend) -> str:
 
 
 def open_model(path: "str | Path", pipelined: bool = False, device: str = "auto",
-               task: Optional[str] = None) -> Opened:
-    """An engine, a plain edgekit ONNX or a checkpoint, ready to run. `task`, when given, refuses a model
-    of another task before anything runs."""
+               task: Optional[str] = None, reconnect: int = 3) -> Opened:
+    """An engine, a plain edgekit ONNX, a checkpoint or a model served by Triton (triton://HOST:PORT/MODEL, which a
+    lost server is reconnected to `reconnect` times), ready to run. `task`, when given, refuses a model of another
+    task before anything runs."""
+    if isinstance(path, str) and path.startswith("triton://"):
+        from edgekit.runtime.serving.triton_client import open_triton
+
+        opened = open_triton(path, reconnect=reconnect)
+        return _of_task(opened, task, path)
     path = Path(path)
     if not path.exists():
         raise EdgekitError(f"{path}: not found")
@@ -145,6 +151,10 @@ def open_model(path: "str | Path", pipelined: bool = False, device: str = "auto"
         opened = open_engine(path, pipelined=pipelined)
     else:
         opened = _open_plain_onnx(path, pipelined)
+    return _of_task(opened, task, path)
+
+
+def _of_task(opened: Opened, task: Optional[str], path: "str | Path") -> Opened:
     if task and task != opened.card.task:
         opened.close()
         raise EdgekitError(f"{path}: this is a {opened.card.task} model ({printable(opened.card.name)}), not {task}")

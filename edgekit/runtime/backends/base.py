@@ -217,6 +217,11 @@ class Backend(ABC):
         first = self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape else 1
         return first if isinstance(first, int) and first > 0 else None
 
+    def run_summary(self) -> Optional[Dict[str, Any]]:
+        """What the report of a run on this backend adds, gathered after the run (a served model: the server's own
+        statistics); None where the backend has nothing to add."""
+        return None
+
     @property
     def last_timing(self) -> Timing:
         return self._timing

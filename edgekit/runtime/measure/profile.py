@@ -66,7 +66,7 @@ class Subject:
 
 def of(opened: Opened, label: str = "") -> Subject:
     """A subject for an opened engine, ONNX or checkpoint."""
-    return Subject(label or opened.path.name, opened.backend, opened.card, opened.record, opened.precision,
+    return Subject(label or Path(str(opened.path)).name, opened.backend, opened.card, opened.record, opened.precision,
                    str(opened.path))
 
 

@@ -110,6 +110,7 @@ def markdown(r: Dict[str, Any]) -> str:
                     if b["max"] > 1 and b["batches"] else "")
         lines.append(f"- inference: {inf['workers']} worker{'s' if inf['workers'] != 1 else ''}{threads}"
                      f"{batching}")
+    lines += _server_lines(r.get("server"), r["stages_ms"].get("infer") or {})
     outputs = r.get("outputs") or {}
     for k, out in enumerate(outputs.get("sources") or [outputs]):
         lines += _video_line(out.get("video_files"), f"source {k}: " if outputs.get("sources") else "")
@@ -137,6 +138,34 @@ def markdown(r: Dict[str, Any]) -> str:
     for q, st in r["queue_wait_ms"].items():
         lines.append(row(f"queue wait {q}", st))
     return printable("\n".join(lines) + "\n", multiline=True)  # the URI, error and notes came from outside
+
+
+def _server_lines(server: Optional[Dict[str, Any]], infer: Dict[str, Any]) -> List[str]:
+    """A served model (run-stream triton://): the server, its outages, and its own statistics of the run."""
+    if not server:
+        return []
+    outages = [o for o in server.get("outages") or [] if o.get("seconds") is not None]
+    gone = ", ".join(f"{o['seconds']:.1f} s" for o in outages)
+    lost = (f"; lost {len(outages)} time{'s' if len(outages) != 1 else ''} and found again ({gone}), "
+            f"{server['retried_requests']} requests resent" if outages else "")
+    lines = [f"- server: Triton {server.get('server_version') or '?'} at {server['url']}{lost}"]
+    st = server.get("statistics")
+    if not st:
+        return lines + ["- server statistics: not available (the server was gone at the end of the run)"]
+    sizes = ", ".join(f"{n} x {k}" for k, n in st["batch_sizes"].items()) or "none"
+
+    def ms(v: Optional[float]) -> str:
+        return "–" if v is None else f"{v:.2f}"
+
+    lines.append(f"- on the server over the run (every client of the model): {st['requests']} requests in "
+                 f"{st['executions']} executions (batch sizes: {sizes}); per request: queue {ms(st['queue_ms'])} ms, "
+                 f"compute input {ms(st['compute_input_ms'])} + infer {ms(st['compute_infer_ms'])} + output "
+                 f"{ms(st['compute_output_ms'])} ms, in the server {ms(st['request_ms'])} ms")
+    if infer.get("count") and st.get("request_ms") is not None:
+        lines.append(f"- round trip from here: mean {infer['mean']:.2f} ms, of which about "
+                     f"{max(0.0, infer['mean'] - st['request_ms']):.2f} ms outside the server (network, gRPC, "
+                     "serialisation)")
+    return lines
 
 
 def _video_line(video: Optional[Dict[str, Any]], which: str) -> List[str]:

@@ -130,7 +130,7 @@ def run_stream(engine: "str | Path", source_uri: "str | Sequence[str]", opts: St
         raise EdgekitError("no source given")
     if opts.batch < 1 or (opts.workers is not None and opts.workers < 1):
         raise EdgekitError(f"--batch {opts.batch} and --workers {opts.workers}: at least 1 each")
-    run = _Run(Path(engine), uris, opts)
+    run = _Run(engine if is_served(engine) else Path(engine), uris, opts)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, run.on_sigterm)
@@ -140,6 +140,11 @@ def run_stream(engine: "str | Path", source_uri: "str | Sequence[str]", opts: St
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def is_served(engine: "str | Path") -> bool:
+    """A model on a server (triton://HOST:PORT/MODEL), not a file."""
+    return isinstance(engine, str) and engine.startswith("triton://")
 
 
 def cores() -> int:
@@ -178,7 +183,7 @@ def inference_workers(opened: Opened, workers: Optional[int], batch: int) -> Tup
 
 
 class _Run:
-    def __init__(self, engine: Path, source_uris: List[str], opts: StreamOptions) -> None:
+    def __init__(self, engine: "Path | str", source_uris: List[str], opts: StreamOptions) -> None:
         self.engine, self.source_uris, self.opts = engine, source_uris, opts
         self.pipeline: Optional[Pipeline] = None
 
@@ -192,7 +197,7 @@ class _Run:
 
     def run(self, folder: RunFolder) -> Dict[str, Any]:
         opts, out = self.opts, folder.path
-        opened = open_model(self.engine, pipelined=True, task=opts.task)
+        opened = open_model(self.engine, pipelined=True, task=opts.task, reconnect=opts.reconnect)
         model = Model(opened, opts.score_threshold, opts.iou_threshold)
         sinks: List[Any] = []  # every frame's
         source_sinks: List[List[Any]] = []  # each source's own outputs
@@ -249,10 +254,13 @@ class _Run:
         if opts.progress:  # the outputs grow there during the run (tail -f results.jsonl)
             print(f"edgekit: writing to {out}; it becomes {folder.out} when the run ends", file=sys.stderr)
         sampler = power.start_sampler(opts.power)
+        served: Optional[Dict[str, Any]] = None
         try:
             pipeline.run()
         finally:
             used_power = power.stop_sampler(sampler, pipeline.counters.processed)
+            with contextlib.suppress(Exception):  # (a server gone at the end: its figures are left out)
+                served = opened.backend.run_summary()
             progress.finish()
             for s in [*sinks, *(x for own in source_sinks for x in own)]:
                 with contextlib.suppress(OSError):
@@ -279,6 +287,8 @@ class _Run:
         }
         if several:
             extra["outputs"]["sources"] = outputs
+        if served is not None:
+            extra["server"] = served
         extra["environment"] = host_environment().to_dict()
         extra["power"] = used_power
         extra["jetson"] = power.jetson_state()

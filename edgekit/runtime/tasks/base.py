@@ -1,6 +1,6 @@
 """What every task provides. One instance per task is registered (edgekit.runtime.registry)."""
 
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -53,6 +53,15 @@ class Task:
     def to_json(self, result: Any, card: ModelCard) -> Dict[str, Any]:
         """One frame's result as JSON values (a line of results.jsonl)."""
         raise NotImplementedError
+
+    def served_outputs(self, card: ModelCard) -> List[Tuple[str, str, List[int]]]:
+        """The typed tensors a served model (export-triton's postprocess) returns for one frame beside its JSON:
+        (name, numpy dtype, dims with -1 for a length that varies); none unless the task gives them."""
+        return []
+
+    def to_tensors(self, result: Any, card: ModelCard) -> Dict[str, np.ndarray]:
+        """One frame's result as the tensors of served_outputs, by name."""
+        return {}
 
     def accuracy(self, card: ModelCard) -> Accuracy:
         """The accumulator of this task's accuracy metric (eval, sweep, training)."""

@@ -181,6 +181,17 @@ class PrecisionRecall(Accuracy):
                 "true_positives": self.tp, "false_positives": self.fp, "false_negatives": self.fn}
 
 
+# A served detector's typed outputs per frame (export-triton): how many, then xyxy boxes in frame pixels, scores and
+# class indices, one row each
+SERVED_DETECTIONS = [("COUNT", "int32", [1]), ("BOXES", "float32", [-1, 4]), ("SCORES", "float32", [-1]),
+                     ("CLASSES", "int32", [-1])]
+
+
+def detection_tensors(d: "Detections") -> Dict[str, np.ndarray]:
+    return {"COUNT": np.array([len(d)], np.int32), "BOXES": np.asarray(d.boxes, np.float32).reshape(-1, 4),
+            "SCORES": np.asarray(d.scores, np.float32), "CLASSES": np.asarray(d.classes, np.int32)}
+
+
 @register_task
 class Detection(Task):
     name = "detection"
@@ -203,6 +214,12 @@ class Detection(Task):
              "box": [round(float(v), 1) for v in b]}
             for b, s, c in zip(result.boxes, result.scores, result.classes)
         ]}
+
+    def served_outputs(self, card: ModelCard) -> List[Tuple[str, str, List[int]]]:
+        return SERVED_DETECTIONS
+
+    def to_tensors(self, result: Detections, card: ModelCard) -> Dict[str, np.ndarray]:
+        return detection_tensors(result)
 
     def accuracy(self, card: ModelCard) -> Accuracy:
         return MeanAveragePrecision(card)

@@ -16,7 +16,7 @@ from edgekit.runtime.measure.metrics import detection_map, instance_map
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.registry import register_task
 from edgekit.runtime.tasks.base import Accuracy, Fidelity, Task, Truth
-from edgekit.runtime.tasks.detection import Detections, MatchFidelity, matches
+from edgekit.runtime.tasks.detection import SERVED_DETECTIONS, Detections, MatchFidelity, detection_tensors, matches
 
 # Ground truth of an image for this task: "boxes" and "classes" as for detection, and the objects' masks,
 # boolean [N, H, W] in the order of the boxes, under "instance_masks" or, as an instance dataset's
@@ -405,6 +405,12 @@ class InstanceSegmentation(Task):
              "box": [round(float(v), 1) for v in b], "mask": m}
             for b, s, c, m in zip(result.boxes, result.scores, result.classes, result.mask_rles())
         ]}
+
+    def served_outputs(self, card: ModelCard) -> List[Tuple[str, str, List[int]]]:
+        return [*SERVED_DETECTIONS, ("MASKS", "uint8", [-1, -1, -1])]  # and each object's mask of the frame, 0/1
+
+    def to_tensors(self, result: Instances, card: ModelCard) -> Dict[str, np.ndarray]:
+        return {**detection_tensors(result.detections()), "MASKS": np.asarray(result.masks, np.uint8)}
 
     def accuracy(self, card: ModelCard) -> Accuracy:
         return MaskMeanAveragePrecision(card)

@@ -175,6 +175,12 @@ class Segmentation(Task):
     def to_json(self, result: ClassMap, card: ModelCard) -> Dict[str, Any]:
         return {"pixel_share": result.pixel_share(card.classes)}
 
+    def served_outputs(self, card: ModelCard) -> List[Tuple[str, str, List[int]]]:
+        return [("CLASS_MAP", "uint8", [-1, -1])]  # the class index of every frame pixel
+
+    def to_tensors(self, result: ClassMap, card: ModelCard) -> Dict[str, np.ndarray]:
+        return {"CLASS_MAP": np.ascontiguousarray(result.classes, np.uint8)}
+
     def accuracy(self, card: ModelCard) -> Accuracy:
         return MeanIoU(card)
 
