@@ -81,6 +81,8 @@ class _Shared:
     retried_requests: int = 0
     stats_before: Optional[Dict[str, Any]] = None
     server_version: str = ""
+    answered: int = 0  # requests the server answered (it counts at least these among its successes, unless restarted)
+    restarted: bool = False  # the server came back with fewer successes than it had answered: a new process
 
 
 class TritonBackend(Backend):
@@ -140,6 +142,8 @@ class TritonBackend(Backend):
         t0 = time.perf_counter()
         result = self._send(requests)
         self._timing = Timing(host_ms=(time.perf_counter() - t0) * 1e3)
+        with self.shared.lock:
+            self.shared.answered += 1
         return {o.name: result.as_numpy(o.name) for o in self._outputs}
 
     def _send(self, requests: List[Any]) -> Any:
@@ -152,7 +156,9 @@ class TritonBackend(Backend):
                 return self.client.infer(a.model, requests, model_version=a.version, outputs=self._requested,
                                          client_timeout=self.shared.timeout_s)
             except InferenceServerException as e:
-                if str(e.status()) not in _LOST:
+                # A server going away answers UNAVAILABLE, or while it stops, that the model has no version left:
+                # any failure while the model is not ready counts as losing the server.
+                if str(e.status()) not in _LOST and _ready(self.client, a):
                     raise EdgekitError(f"{a.url}: the server refused the request: {printable(e.message() or str(e))}"
                                        ) from None
                 attempt = self._wait_for_server(e, attempt)
@@ -178,13 +184,26 @@ class TritonBackend(Backend):
                 with shared.lock:
                     shared.retried_requests += 1
                     last = shared.outages[-1] if shared.outages else None
-                    if last is None or last.get("_back") is None or last["_back"] < lost_at:  # a new outage
+                    new = last is None or last.get("_back") is None or last["_back"] < lost_at
+                    if new:
                         shared.outages.append({"seconds": round(now - lost_at, 2), "error": _short(error),
                                                "_back": now})
                         shared.reconnects += 1
                     else:
                         last["seconds"] = max(last["seconds"], round(now - lost_at, 2))
+                if new:
+                    self._note_restart()
                 return 0
+
+    def _note_restart(self) -> None:
+        """After an outage: a server that counts fewer successes than it answered before is a new process; the
+        report's statistics then start from its start."""
+        shared = self.shared
+        now = self.statistics()
+        known = _ns((shared.stats_before or {}).get("inference_stats"), "success")[0] + shared.answered
+        if now is not None and _ns(now.get("inference_stats"), "success")[0] < known:
+            with shared.lock:
+                shared.restarted, shared.stats_before = True, None
 
     # --- the server's figures -----------------------------------------------------------------------
     def statistics(self) -> Optional[Dict[str, Any]]:
@@ -207,7 +226,7 @@ class TritonBackend(Backend):
                                            for o in shared.outages],
                                "max_batch_size": self.max_batch_size}
         after = self.statistics()
-        out["statistics"] = stats_delta(shared.stats_before, after) if after is not None else None
+        out["statistics"] = stats_delta(shared.stats_before, after, shared.restarted) if after is not None else None
         return out
 
     def close(self) -> None:
@@ -233,10 +252,15 @@ def _ns(d: Optional[Dict[str, Any]], key: str) -> Tuple[int, int]:
     return int(part.get("count", 0) or 0), int(part.get("ns", 0) or 0)
 
 
-def stats_delta(before: Optional[Dict[str, Any]], after: Dict[str, Any]) -> Dict[str, Any]:
+def stats_delta(before: Optional[Dict[str, Any]], after: Dict[str, Any], restarted: bool = False) -> Dict[str, Any]:
     """What Triton's statistics of a model (its JSON: inference_stats, batch_stats, execution_count) gained between
     two readings: requests, executions, the mean milliseconds per request of each phase, and the batch sizes the
-    server executed (batch size -> executions)."""
+    server executed (batch size -> executions). A server that `restarted` in between (or whose counts went down)
+    gives the figures since it started."""
+    restarted = restarted or (before is not None and _ns(after.get("inference_stats"), "success")[0] < _ns(
+        before.get("inference_stats"), "success")[0])
+    if restarted:
+        before = None
     b_inf, a_inf = (before or {}).get("inference_stats", {}), after.get("inference_stats", {})
     phases = {}
     requests = _ns(a_inf, "success")[0] - _ns(b_inf, "success")[0]
@@ -254,7 +278,8 @@ def stats_delta(before: Optional[Dict[str, Any]], after: Dict[str, Any]) -> Dict
     def gained(key: str) -> int:
         return int(after.get(key, 0) or 0) - int((before or {}).get(key, 0) or 0)
 
-    return {"requests": requests, "failed_requests": phases["fail"]["count"], "executions": gained("execution_count"),
+    return {"restarted": restarted, "requests": requests, "failed_requests": phases["fail"]["count"],
+            "executions": gained("execution_count"),
             "inferences": gained("inference_count"),
             "request_ms": phases["success"]["mean_ms"], "queue_ms": phases["queue"]["mean_ms"],
             "compute_input_ms": phases["compute_input"]["mean_ms"],

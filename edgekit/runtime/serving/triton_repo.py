@@ -156,8 +156,13 @@ def _model_kind(eng: _Engine, opts: TritonOptions) -> str:
 
 
 def _read_engine(path: Path) -> _Engine:
-    if not path.is_file():
+    from edgekit.runtime.opening import is_checkpoint, open_model
+
+    if not path.exists():
         raise EdgekitError(f"{path}: not found (give an engine from edgekit build-engine or an edgekit ONNX)")
+    if is_checkpoint(path) or not path.is_file():
+        raise EdgekitError(f"{path}: a checkpoint; export-triton takes an engine from edgekit build-engine or an "
+                           "edgekit ONNX (edgekit export, then build-engine)")
     if mf.path_for(path).is_file():
         m = mf.read(path)
         flags = m.build_flags()
@@ -173,9 +178,7 @@ def _read_engine(path: Path) -> _Engine:
     if path.suffix != ".onnx":
         raise EdgekitError(f"{path}: no manifest beside it ({mf.path_for(path).name}); export-triton takes an engine "
                            "from edgekit build-engine or an edgekit ONNX")
-    from edgekit.runtime.opening import open_model  # a plain edgekit ONNX: its card and I/O from ONNX Runtime
-
-    with open_model(path) as opened:
+    with open_model(path) as opened:  # a plain edgekit ONNX: its card and I/O from ONNX Runtime
         backend = opened.backend
         inputs = [(t.name, [d if isinstance(d, int) else "batch" for d in t.shape], t.dtype) for t in backend.inputs]
         outputs = [(t.name, [d if isinstance(d, int) else str(d) for d in t.shape], t.dtype) for t in backend.outputs]
@@ -388,7 +391,7 @@ def _readme(eng: _Engine, names: Dict[str, str], max_batch: int, opts: TritonOpt
              if max_batch else "`max_batch_size: 0` (a static engine): send one frame as `FRAME` [H, W, 3]")
     native = ("Triton's Python backend runs edgekit's own backend on the engine (`--infer-python`): the server's "
               "Python needs edgekit and its runtime." if opts.infer_python else
-              f"`{_platform(eng)}`: the server's "
+              f"`{_platform(eng)}` ({'model.plan' if eng.backend == 'tensorrt' else 'model.onnx'}): the server's "
               + ("TensorRT must be the version that built the engine, on the same GPU model."
                  if eng.backend == "tensorrt" else "ONNX Runtime backend runs it."))
     return f"""# Triton model repository for {eng.card.name}

@@ -108,8 +108,9 @@ def markdown(r: Dict[str, Any]) -> str:
         sizes = ", ".join(f"{n} x {k}" for k, n in b["sizes"].items())
         batching = (f"; batches of up to {b['max']} frames ({b['batches']} run: {sizes}; mean {b['mean']:.2f})"
                     if b["max"] > 1 and b["batches"] else "")
-        lines.append(f"- inference: {inf['workers']} worker{'s' if inf['workers'] != 1 else ''}{threads}"
-                     f"{batching}")
+        workers = (f"{inf['workers']} request{'s' if inf['workers'] != 1 else ''} in flight at the server"
+                   if r.get("server") else f"{inf['workers']} worker{'s' if inf['workers'] != 1 else ''}{threads}")
+        lines.append(f"- inference: {workers}{batching}")
     lines += _server_lines(r.get("server"), r["stages_ms"].get("infer") or {})
     outputs = r.get("outputs") or {}
     for k, out in enumerate(outputs.get("sources") or [outputs]):
@@ -157,14 +158,15 @@ def _server_lines(server: Optional[Dict[str, Any]], infer: Dict[str, Any]) -> Li
     def ms(v: Optional[float]) -> str:
         return "–" if v is None else f"{v:.2f}"
 
-    lines.append(f"- on the server over the run (every client of the model): {st['requests']} requests in "
+    over = "since it restarted during the run" if st.get("restarted") else "over the run"
+    lines.append(f"- on the server {over} (every client of the model): {st['requests']} requests in "
                  f"{st['executions']} executions (batch sizes: {sizes}); per request: queue {ms(st['queue_ms'])} ms, "
                  f"compute input {ms(st['compute_input_ms'])} + infer {ms(st['compute_infer_ms'])} + output "
                  f"{ms(st['compute_output_ms'])} ms, in the server {ms(st['request_ms'])} ms")
     if infer.get("count") and st.get("request_ms") is not None:
         lines.append(f"- round trip from here: mean {infer['mean']:.2f} ms, of which about "
                      f"{max(0.0, infer['mean'] - st['request_ms']):.2f} ms outside the server (network, gRPC, "
-                     "serialisation)")
+                     f"serialisation{', waiting out the outages' if outages else ''})")
     return lines
 
 
