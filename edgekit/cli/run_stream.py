@@ -29,7 +29,9 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
         epilog="exit status: " + "; ".join(f"{code}: {what}" for code, what in EXIT_CODES.items())
                + ". The report is written after a source failure, Ctrl-C and SIGTERM too.",
     )
-    rs.add_argument("engine", help="engine from build-engine (or an ONNX from edgekit export)")
+    rs.add_argument("engine", help="engine from build-engine (or an ONNX from edgekit export), or a model served by "
+                                   "Triton Inference Server: triton://HOST:GRPC_PORT/MODEL (a repository from "
+                                   "edgekit export-triton; needs the triton extra)")
     rs.add_argument("source", nargs="*",
                     help="video file, image folder, camera index, /dev/videoN, csi://N?mode=M&size=WxH&fps=F (sensor "
                          "N, nvarguscamerasrc sensor mode M, scaled to WxH in nvvidconv; all optional), rtsp://..., "
@@ -42,7 +44,8 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
                     help="inference workers: N ONNX Runtime sessions (CPU: the cores shared among them) or N TensorRT "
                          "execution contexts, each on its own CUDA stream; frames leave in order (default: from the "
                          "backend and this machine's cores: ONNX Runtime on CPU up to 4 sessions sharing the "
-                         "cores, one thread each on 4 cores or fewer; TensorRT 2)")
+                         "cores, one thread each on 4 cores or fewer; TensorRT 2); for triton://, the requests in "
+                         "flight at the server (default 4)")
     rs.add_argument("--batch", type=positive_int, default=1, metavar="B",
                     help="infer up to B ready frames at once (an engine with a dynamic batch axis, or built with "
                          "--max-batch B); the report gives the batch sizes used (default 1)")
@@ -83,8 +86,8 @@ def add(sub: "argparse._SubParsersAction", parents: List[argparse.ArgumentParser
                          "with the hardware decoder nvv4l2decoder, falling back to FFmpeg), gstreamer (hardware only, "
                          "an error where unavailable) or ffmpeg; default from $EDGEKIT_VIDEO_DECODER")
     rs.add_argument("--reconnect", type=count, default=3,
-                    help="times a live source (RTSP, camera) that is lost is reopened, with back-off 0.5, 1, 2, 4, "
-                         "8 s, before the run fails with exit status 3 (default 3; 0: never)")
+                    help="times a live source (RTSP, camera) or a Triton server that is lost is reopened, with "
+                         "back-off 0.5, 1, 2, 4, 8 s, before the run fails with exit status 3 (default 3; 0: never)")
     rs.add_argument("--rtsp-transport", default="tcp", choices=("tcp", "udp"))
     rs.add_argument("--rtsp-latency", type=count, default=200, metavar="MS", help="RTSP jitter buffer (default 200)")
     rs.add_argument("--no-power", action="store_true", help="do not sample tegrastats on a Jetson")

@@ -7,6 +7,7 @@ A model with `max_batch_size` > 0 sees a leading batch axis on every tensor (a r
 a static one (0) sees the engine's full shapes and one frame per request. A request that fails gets its own error
 response; the others in the batch are answered."""
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
@@ -18,7 +19,7 @@ from edgekit.runtime import registry
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.layouts.base import DecodeParams
 from edgekit.runtime.preprocess import Transform, preprocess
-from edgekit.runtime.serving.triton_repo import CARD_PARAM, FRAME, IMAGE, RESULT, TRANSFORM
+from edgekit.runtime.serving.triton_repo import CARD_PARAM, ENGINE_PARAM, FRAME, IMAGE, RESULT, TRANSFORM
 
 
 def _pb() -> Any:
@@ -147,16 +148,24 @@ def _stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
 class Infer(_Model):
     """The engine run by edgekit's own backend inside Triton (export-triton --infer-python): for a server without a
     native backend for it. Requests Triton's dynamic batcher put together are run as one batch where the engine
-    takes it, and the outputs split back."""
+    takes it, and the outputs split back. With N instances (each its own process) on a CPU backend, each gets its
+    share of the cores, as run-stream's workers do."""
 
     def __init__(self, args: Dict[str, Any]) -> None:
         super().__init__(args)
         from edgekit.runtime.opening import open_model
+        from edgekit.runtime.stream.runner import cores
 
         folder = Path(args["model_repository"]) / str(args["model_version"])
-        engine = json.loads(self.config["parameters"]["edgekit_engine"]["string_value"])["file"]
-        self.opened = open_model(folder / engine)
-        self.limit = self.opened.backend.batch_limit()
+        engine = json.loads(self.config["parameters"][ENGINE_PARAM]["string_value"])["file"]
+        self.opened = open_model(folder / engine, pipelined=True)
+        self.backend = self.opened.backend
+        instances = sum(int(g.get("count", 1)) for g in self.config.get("instance_group", [])) or 1
+        _, threads = self.backend.parallel_plan(cores())
+        if instances > 1 and threads:
+            with contextlib.suppress(EdgekitError):  # (a backend of one worker: the engine as opened)
+                self.backend = self.backend.worker(max(1, cores() // instances))
+        self.limit = self.backend.batch_limit()
 
     def execute(self, requests: Sequence[Any]) -> List[Any]:
         if not self.batching or len(requests) == 1:
@@ -168,7 +177,7 @@ class Infer(_Model):
         if self.limit is not None and sum(sizes) > self.limit:
             return super().execute(requests)
         try:
-            outputs = self.opened.infer(np.concatenate(parts, 0))
+            outputs = self.backend.infer([np.concatenate(parts, 0)])
         except Exception as e:  # noqa: BLE001
             text = str(e) if isinstance(e, EdgekitError) else f"{type(e).__name__}: {e}"
             return [pb.InferenceResponse(output_tensors=[], error=pb.TritonError(text)) for _ in requests]
@@ -181,9 +190,11 @@ class Infer(_Model):
 
     def run(self, request: Any) -> Dict[str, np.ndarray]:
         given = self.inputs(request)
-        return self.opened.infer(given[self.input_names[0]])
+        return self.backend.infer([given[self.input_names[0]]])
 
     def finalize(self) -> None:
+        if self.backend is not self.opened.backend:
+            self.backend.close()
         self.opened.close()
 
 
