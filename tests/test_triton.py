@@ -236,6 +236,8 @@ def test_ensemble_returns_what_local_run_stream_finds(server, engines, clips, tm
     np.testing.assert_array_equal(seg.as_numpy("CLASS_MAP")[0], classes)
     assert json.loads(seg.as_numpy("RESULT")[0, 0]) == model.to_json(model(frame))
     assert len(np.unique(classes)) > 1, "the shipped segmenter labels the scene's shapes"
+    with edgekit.open(server.grpc_url(SEG)) as served:  # the ten-line loop's API on the served engine
+        np.testing.assert_array_equal(served(frame).classes, classes)
 
 
 def test_three_cameras_through_one_server(server, engines, clips, tmp_path):

@@ -77,7 +77,12 @@ class Model:
 
 def open(path: "str | Path", score_threshold: Optional[float] = None, iou_threshold: Optional[float] = None,
          device: str = "auto") -> Model:
-    """Open an engine (its manifest checked against this machine), an edgekit ONNX or a checkpoint."""
+    """Open an engine (its manifest checked against this machine), an edgekit ONNX, a checkpoint, or a model served
+    by Triton Inference Server (triton://HOST:GRPC_PORT/MODEL, from edgekit export-triton)."""
+    if isinstance(path, str) and path.startswith("triton://"):
+        from edgekit.runtime.serving.triton_client import open_triton
+
+        return Model(open_triton(path), score_threshold, iou_threshold)
     return Model(open_model(path, device=device), score_threshold, iou_threshold)
 
 

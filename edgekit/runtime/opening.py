@@ -131,15 +131,9 @@ def plain_onnx_precision(backend: Backend) -> str:
 
 
 def open_model(path: "str | Path", pipelined: bool = False, device: str = "auto",
-               task: Optional[str] = None, reconnect: int = 3) -> Opened:
-    """An engine, a plain edgekit ONNX, a checkpoint or a model served by Triton (triton://HOST:PORT/MODEL, which a
-    lost server is reconnected to `reconnect` times), ready to run. `task`, when given, refuses a model of another
-    task before anything runs."""
-    if isinstance(path, str) and path.startswith("triton://"):
-        from edgekit.runtime.serving.triton_client import open_triton
-
-        opened = open_triton(path, reconnect=reconnect)
-        return _of_task(opened, task, path)
+               task: Optional[str] = None) -> Opened:
+    """An engine, a plain edgekit ONNX or a checkpoint, ready to run. `task`, when given, refuses a model of another
+    task before anything runs. (A model served by Triton opens with serving.triton_client.open_triton.)"""
     path = Path(path)
     if not path.exists():
         raise EdgekitError(f"{path}: not found")
@@ -151,10 +145,11 @@ def open_model(path: "str | Path", pipelined: bool = False, device: str = "auto"
         opened = open_engine(path, pipelined=pipelined)
     else:
         opened = _open_plain_onnx(path, pipelined)
-    return _of_task(opened, task, path)
+    return of_task(opened, task, path)
 
 
-def _of_task(opened: Opened, task: Optional[str], path: "str | Path") -> Opened:
+def of_task(opened: Opened, task: Optional[str], path: "str | Path") -> Opened:
+    """`opened`, unless `task` is given and it is a model of another task (then closed, and a one-line error)."""
     if task and task != opened.card.task:
         opened.close()
         raise EdgekitError(f"{path}: this is a {opened.card.task} model ({printable(opened.card.name)}), not {task}")

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from edgekit import __version__
 from edgekit.errors import EdgekitError, MissingDependency
 from edgekit.runtime import manifest as mf
 from edgekit.runtime import registry
@@ -113,7 +112,7 @@ class _Engine:
     provider: str  # ONNX Runtime's execution provider (cpu, cuda, tensorrt); "" for other backends
     fp16_provider: bool  # ONNX Runtime's TensorRT provider in FP16
     sha256: str
-    has_manifest: bool
+    edgekit_version: str  # of the build that made it ("" for a plain ONNX)
 
 
 def export_triton(engine: "str | Path", out: "str | Path", opts: TritonOptions) -> RepositoryReport:
@@ -174,7 +173,7 @@ def _read_engine(path: Path) -> _Engine:
         trt_options = (m.backend.provider_options or {}).get("TensorrtExecutionProvider") or {}
         fp16 = str(trt_options.get("trt_fp16_enable", "")).lower() in ("1", "true")
         return _Engine(path, m.card, m.precision, m.backend.name, m.backend.version, specs(m.io.inputs),
-                       specs(m.io.outputs), m.max_batch, provider, fp16, m.engine.sha256, True)
+                       specs(m.io.outputs), m.max_batch, provider, fp16, m.engine.sha256, m.edgekit_version)
     if path.suffix != ".onnx":
         raise EdgekitError(f"{path}: no manifest beside it ({mf.path_for(path).name}); export-triton takes an engine "
                            "from edgekit build-engine or an edgekit ONNX")
@@ -186,7 +185,7 @@ def _read_engine(path: Path) -> _Engine:
         card = opened.card
     max_batch = 1
     return _Engine(path, card, "fp32", "onnxruntime", version, inputs, outputs, max_batch, "cpu", False,
-                   mf.file_sha256(path), False)
+                   mf.file_sha256(path), "")
 
 
 def _batch_axis_dynamic(eng: _Engine) -> bool:
@@ -228,7 +227,7 @@ def _configs(pb: Any, eng: _Engine, names: Dict[str, str], task: Any, max_batch:
     batching = max_batch > 0
     card_json = eng.card.to_json()
     engine_json = json.dumps({"precision": eng.precision, "backend": eng.backend, "version": eng.backend_version,
-                              "file": eng.path.name, "sha256": eng.sha256, "edgekit_version": __version__},
+                              "file": eng.path.name, "sha256": eng.sha256, "built_by_edgekit": eng.edgekit_version},
                              sort_keys=True)
     gpu = eng.backend == "tensorrt" or eng.provider in ("cuda", "tensorrt")
 

@@ -20,7 +20,7 @@ from edgekit.runtime.artifacts import OUT_OF_ROOM, RunFolder, run_folder
 from edgekit.runtime.backends.base import Backend
 from edgekit.runtime.jetson import power
 from edgekit.runtime.manifest import host_environment
-from edgekit.runtime.opening import Opened, open_model
+from edgekit.runtime.opening import Opened, of_task, open_model
 from edgekit.runtime.stream import DEFAULT_BATCH_WAIT_MS
 from edgekit.runtime.stream import report as report_mod
 from edgekit.runtime.stream.pipeline import Frame, Pipeline
@@ -197,7 +197,12 @@ class _Run:
 
     def run(self, folder: RunFolder) -> Dict[str, Any]:
         opts, out = self.opts, folder.path
-        opened = open_model(self.engine, pipelined=True, task=opts.task, reconnect=opts.reconnect)
+        if is_served(self.engine):
+            from edgekit.runtime.serving.triton_client import open_triton
+
+            opened = of_task(open_triton(str(self.engine), reconnect=opts.reconnect), opts.task, self.engine)
+        else:
+            opened = open_model(self.engine, pipelined=True, task=opts.task)
         model = Model(opened, opts.score_threshold, opts.iou_threshold)
         sinks: List[Any] = []  # every frame's
         source_sinks: List[List[Any]] = []  # each source's own outputs
