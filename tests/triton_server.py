@@ -19,13 +19,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 import pytest
-from conftest import MODEL_CACHE, ROOT, cache_lock
-
-PYTRITON = "nvidia-pytriton==0.7.0"
-
-
-def _pip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=900)
+from conftest import MODEL_CACHE, ROOT, cache_lock, wheel_file
 
 
 def triton_home() -> Path:
@@ -40,16 +34,10 @@ def triton_home() -> Path:
         return home
     with cache_lock():
         if not (home / f".stub-{py}").is_file():
-            wheels = MODEL_CACHE / "wheels"
-            found = sorted(wheels.glob("nvidia_pytriton-0.7.0-*.whl"))
-            if not found:
-                r = _pip("download", "-q", "--no-deps", "-d", str(wheels), PYTRITON)
-                found = sorted(wheels.glob("nvidia_pytriton-0.7.0-*.whl"))
-                if r.returncode != 0 or not found:
-                    pytest.skip(f"{PYTRITON} could not be downloaded: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+            wheel = wheel_file("nvidia-pytriton", "0.7.0")
             tmp = home.with_name(home.name + f".part{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
-            with zipfile.ZipFile(found[0]) as z:
+            with zipfile.ZipFile(wheel) as z:
                 members = [m for m in z.namelist() if m.startswith(("pytriton/tritonserver/", "nvidia_pytriton.libs/"))]
                 z.extractall(tmp, members)
             for f in tmp.rglob("*"):  # zip files keep no modes
@@ -79,8 +67,9 @@ def model_python_env() -> Path:
     with cache_lock():
         if not (target / ".complete").is_file():
             shutil.rmtree(target, ignore_errors=True)
-            r = _pip("install", "-q", "--target", str(target), "numpy<2", "opencv-python-headless<4.11",
-                     f"onnxruntime=={onnxruntime.__version__}")
+            r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(target), "numpy<2",
+                                "opencv-python-headless<4.11", f"onnxruntime=={onnxruntime.__version__}"],
+                               capture_output=True, text=True, timeout=900)
             if r.returncode != 0:
                 shutil.rmtree(target, ignore_errors=True)
                 pytest.skip(f"the Python models' packages could not be installed: "
