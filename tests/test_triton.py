@@ -178,6 +178,38 @@ def test_export_triton_refuses_bad_input_in_one_line(engines, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_every_task_returns_the_tensors_it_declares(engines):
+    """What a served postprocess model returns matches its config: each task's to_tensors gives the names, data types
+    and ranks of its served_outputs, and frames with different detection counts stack padded, COUNT saying how many
+    rows are real."""
+    from edgekit.runtime import registry
+    from edgekit.runtime.serving.triton_models import _stack
+    from edgekit.runtime.tasks.detection import Detections
+    from edgekit.runtime.tasks.instance import Instances
+    from edgekit.runtime.tasks.segmentation import ClassMap
+
+    card = mf.read(engines["det"]).card
+    boxes = np.array([[1, 2, 30, 40], [5, 5, 9, 9]], np.float32)
+    masks = np.zeros((2, 48, 64), bool)
+    masks[0, 2:40, 1:30] = True
+    results = {"detection": Detections(boxes, np.array([0.9, 0.4], np.float32), np.array([1, 3])),
+               "segmentation": ClassMap(np.arange(48 * 64, dtype=np.uint8).reshape(48, 64) % 5),
+               "instance_segmentation": Instances(boxes, np.array([0.9, 0.4], np.float32), np.array([1, 3]), masks)}
+    for name, result in results.items():
+        task = registry.task(name)
+        tensors = task.to_tensors(result, card)
+        declared = task.served_outputs(card)
+        assert [n for n, _, _ in declared] == list(tensors), name
+        for n, dtype, dims in declared:
+            assert tensors[n].dtype == np.dtype(dtype) and tensors[n].ndim == len(dims), (name, n)
+    det = registry.task("detection")
+    one = det.to_tensors(Detections(boxes[:1], np.array([0.8], np.float32), np.array([2])), card)
+    two = det.to_tensors(results["detection"], card)
+    stacked = {n: _stack([one[n], two[n]]) for n in one}
+    assert stacked["BOXES"].shape == (2, 2, 4) and stacked["COUNT"].tolist() == [[1], [2]]
+    assert stacked["BOXES"][0, 1].tolist() == [0, 0, 0, 0] and stacked["CLASSES"].tolist() == [[2, 0], [1, 3]]
+
+
 # --- a real server ------------------------------------------------------------------------------------------------
 
 def test_server_reports_every_model_ready(server):
