@@ -19,6 +19,7 @@ from edgekit.cli import (
     demo,
     doctor,
     export,
+    export_deepstream,
     export_triton,
     import_model,
     layouts,
@@ -34,8 +35,8 @@ from edgekit.errors import EXIT_INTERRUPTED, EXIT_USAGE, EdgekitError, MissingDe
 from edgekit.runtime.text import printable
 
 # In the order `edgekit --help` lists them.
-VERBS = (data, train, import_model, prune, export, build_engine, calib_set, run_stream, export_triton, profile,
-         eval_verb, sweep, doctor, demo, models, layouts)
+VERBS = (data, train, import_model, prune, export, build_engine, calib_set, run_stream, export_deepstream,
+         export_triton, profile, eval_verb, sweep, doctor, demo, models, layouts)
 
 # import name -> (package to install, edgekit extra that brings it)
 OPTIONAL_MODULES = {

@@ -183,13 +183,13 @@ class TritonBackend(Backend):
                 now = time.monotonic()
                 with shared.lock:
                     shared.retried_requests += 1
-                    last = shared.outages[-1] if shared.outages else None
-                    new = last is None or last.get("_back") is None or last["_back"] < lost_at
+                    last: Dict[str, Any] = shared.outages[-1] if shared.outages else {}
+                    new = last.get("_back") is None or last["_back"] < lost_at
                     if new:
                         shared.outages.append({"seconds": round(now - lost_at, 2), "error": _short(error),
                                                "_back": now})
                         shared.reconnects += 1
-                    else:
+                    else:  # (another worker found the server again after this one lost it: the same outage)
                         last["seconds"] = max(last["seconds"], round(now - lost_at, 2))
                 if new:
                     self._note_restart()
