@@ -133,7 +133,7 @@ def export_triton(engine: "str | Path", out: "str | Path", opts: TritonOptions) 
     names = {"model": name, "pre": f"{name}_preprocess", "post": f"{name}_postprocess", "ensemble": f"{name}_ensemble"}
     configs = _configs(pb, eng, names, task, max_batch, opts)
     with atomic_dir(out, overwrite=opts.overwrite) as tmp:
-        files = _write(tmp, eng, names, configs, opts, pb)
+        files = _write(tmp, eng, names, configs, opts)
         write_text(tmp / "README.md", _readme(eng, names, max_batch, opts))
         files.append("README.md")
         check_repository(tmp)
@@ -307,8 +307,7 @@ def _configs(pb: Any, eng: _Engine, names: Dict[str, str], task: Any, max_batch:
     return {"model": model, "pre": pre, "post": post, "ensemble": ens}
 
 
-def _write(repo: Path, eng: _Engine, names: Dict[str, str], configs: Dict[str, Any], opts: TritonOptions,
-           pb: Any) -> List[str]:
+def _write(repo: Path, eng: _Engine, names: Dict[str, str], configs: Dict[str, Any], opts: TritonOptions) -> List[str]:
     from google.protobuf import text_format
 
     files: List[str] = []
