@@ -365,3 +365,30 @@ def test_server_gone_for_good_ends_the_run_with_a_report(repos, tmp_path):
     rep = json.loads((tmp_path / "run" / "report.json").read_text())
     assert rep["frames"]["accounted"] and rep["frames"]["processed"] > 20
     assert rep["error"] and "server went away" in rep["error"]
+
+
+def test_ctrl_c_while_the_server_is_away_reports_at_once(repos, tmp_path):
+    """Ctrl-C while run-stream waits out a lost server's back-off stops the run now, not after its reconnect
+    attempts: exit status 130, the report written, the frames that were waiting counted as dropped."""
+    import signal
+
+    srv = TritonServer([repos["det"]], tmp_path / "server.log").start()
+    try:
+        run = subprocess.Popen([sys.executable, "-m", "edgekit", "run-stream", srv.grpc_url(DET),
+                                "synthetic://?size=320x240&fps=30", "--out", str(tmp_path / "run"), "--no-video", "-q",
+                                "--reconnect", "5"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        time.sleep(2.5)
+        srv.kill()
+        time.sleep(1.5)  # (in the back-off of 0.5, 1, 2, 4, 8 s: 15.5 s in all)
+        t0 = time.monotonic()
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=60)
+        waited = time.monotonic() - t0
+    finally:
+        srv.stop()
+    assert run.returncode == 130, err
+    assert waited < 5, f"stopped {waited:.1f} s after Ctrl-C"
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert rep["stop_reason"] == "interrupted (Ctrl-C)" and rep["error"] is None
+    assert rep["frames"]["accounted"] and rep["frames"]["dropped"] > 0 and rep["frames"]["processed"] > 10

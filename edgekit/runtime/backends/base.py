@@ -33,6 +33,10 @@ def runtime_module(module: str, package: str, extra: str, needs: str = "", how: 
     return mod
 
 
+class StopWaiting(Exception):
+    """What `infer` raises when interrupt() ended its wait (a served model waiting out its server's outage)."""
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a backend offers, declared once."""
@@ -216,6 +220,10 @@ class Backend(ABC):
         """The largest batch this engine takes; None where any batch goes (a dynamic batch axis)."""
         first = self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape else 1
         return first if isinstance(first, int) and first > 0 else None
+
+    def interrupt(self) -> None:  # noqa: B027  (a no-op unless the backend waits)
+        """Called from another thread when the run stops: an `infer` waiting on something that may take long (a
+        served model's reconnect back-off) raises StopWaiting at once."""
 
     def run_summary(self) -> Optional[Dict[str, Any]]:
         """What the report of a run on this backend adds, gathered after the run (a served model: the server's own

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from edgekit.errors import EdgekitError, MissingDependency, SourceFailed
-from edgekit.runtime.backends.base import Backend, Capabilities, TensorSpec, Timing
+from edgekit.runtime.backends.base import Backend, Capabilities, StopWaiting, TensorSpec, Timing
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.manifest import BackendRecord
 from edgekit.runtime.serving.triton_repo import CARD_PARAM, ENGINE_PARAM, NUMPY_OF_WIRE, WIRE_TYPES
@@ -79,6 +79,7 @@ class _Shared:
     reconnects: int = 0  # times the server was found again after it went away
     outages: List[Dict[str, Any]] = field(default_factory=list)  # when it went, for how long, why
     retried_requests: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)  # the run stopped: no more waiting
     stats_before: Optional[Dict[str, Any]] = None
     server_version: str = ""
     answered: int = 0  # requests the server answered (it counts at least these among its successes, unless restarted)
@@ -175,7 +176,8 @@ class TritonBackend(Backend):
                 raise SourceFailed(f"{a.url}: the server went away ({_short(error)}) and "
                                    f"{shared.reconnect} reconnect attempt{'s' if shared.reconnect != 1 else ''} "
                                    "failed")
-            time.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+            if shared.stop.wait(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]):
+                raise StopWaiting()
             attempt += 1
             self.close()
             self.client = _grpc().InferenceServerClient(a.target)
@@ -228,6 +230,9 @@ class TritonBackend(Backend):
         after = self.statistics()
         out["statistics"] = stats_delta(shared.stats_before, after, shared.restarted) if after is not None else None
         return out
+
+    def interrupt(self) -> None:
+        self.shared.stop.set()
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # (a connection already gone)

@@ -26,7 +26,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.runtime.api import Model
-from edgekit.runtime.backends.base import Backend
+from edgekit.runtime.backends.base import Backend, StopWaiting
 from edgekit.runtime.measure.stats import LatencyHistogram
 from edgekit.runtime.preprocess import Transform
 from edgekit.runtime.stream import DEFAULT_BATCH_WAIT_MS
@@ -387,7 +387,8 @@ class Pipeline:
                 try:
                     outputs = self._run_batch(backend, frames, limit, fixed)
                 except BaseException as e:
-                    self._fail(e)
+                    if not isinstance(e, StopWaiting):  # (stop() ended a wait: its frames are dropped, no failure)
+                        self._fail(e)
                     for f in frames:
                         self._drop(f)
                         self._in_order.done(f.seq, None)
@@ -443,6 +444,8 @@ class Pipeline:
     def stop(self, reason: str) -> None:
         self.stop_reason = self.stop_reason or reason
         self.stop_event.set()
+        for w in self.workers:  # a worker waiting for a lost server gives up now, not after its back-off
+            w.interrupt()
 
     def run(self) -> None:
         """Run to the end of every stream (or stop()); in-flight frames are finished before returning."""
