@@ -17,7 +17,8 @@ with Ultralytics' trainer (in its --work folder, re-exported by Ultralytics with
 exported with a dynamic batch axis up to 8, FP32 on ONNX Runtime's CPU provider.
 
     python benchmarks/triton.py [--work runs/bench-triton] [--clients 3] [--frames 200] [--reps 3]
-                                [--model shipped|yolov8n] [--stream-work runs/bench-stream]
+                                [--model shipped|yolov8n] [--stream-work runs/bench-stream] [--instances N]
+                                [--fuse-preprocess]
 """
 
 import argparse
@@ -45,7 +46,7 @@ def sh(*args: str, env: Dict[str, str] = None) -> str:
 
 
 def engine_of(args: argparse.Namespace, work: Path) -> Path:
-    engine = work / f"{args.model}.b8.fp32.onnx"
+    engine = work / f"{args.model}.b8{'.fused' if args.fuse_preprocess else ''}.fp32.onnx"
     if engine.is_file():
         return engine
     if args.model == "shipped":
@@ -62,7 +63,7 @@ def engine_of(args: argparse.Namespace, work: Path) -> Path:
                      "batch=8, simplify=False)", env={"YOLO_OFFLINE": "1", "YOLO_VERBOSE": "False"})
         onnx = copy.with_suffix(".onnx")
     sh(PY, "-m", "edgekit", "build-engine", str(onnx), "-o", str(engine), "--backend", "onnxruntime",
-       "--max-batch", "8")
+       "--max-batch", "8", *(["--fuse-preprocess"] if args.fuse_preprocess else []))
     return engine
 
 
@@ -109,6 +110,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--model", choices=("shipped", "yolov8n"), default="shipped")
     ap.add_argument("--instances", type=int, default=1, help="instances of each model on the server (default 1)")
+    ap.add_argument("--fuse-preprocess", action="store_true",
+                    help="an engine built with --fuse-preprocess: clients send uint8 frames, a quarter of the bytes")
     ap.add_argument("--stream-work", default="runs/bench-stream", help="benchmarks/stream.py's --work (yolov8n)")
     args = ap.parse_args()
     work = Path(args.work).resolve()
@@ -122,7 +125,7 @@ def main() -> None:
 
     engine = engine_of(args, work)
     sources = clips(work, args.clients, args.frames)
-    repo = work / f"repo-{args.model}"
+    repo = work / f"repo-{engine.stem}"
     rep = export_triton(engine, repo, TritonOptions(infer_python=True, python_path=python_path(), overwrite=True,
                                                     instances=args.instances))
     name = next(iter(rep.models))
@@ -152,13 +155,13 @@ def main() -> None:
     mean_batch = statistics.median(
         sum(int(b) * n for b, n in x["triton"]["server"]["batch_sizes"].items())
         / max(1, sum(x["triton"]["server"]["batch_sizes"].values())) for x in rounds)
-    print(f"\n{args.clients} streams of {args.frames} frames, {args.model} detector, {args.instances} instance(s) of "
+    print(f"\n{args.clients} streams of {args.frames} frames, {engine.name}, {args.instances} instance(s) of "
           f"each model on the server, median of {args.reps} rounds:")
     print(f"  {args.clients} local run-streams: {local_fps:.1f} FPS together")
     print(f"  {args.clients} run-stream triton:// clients, one server: {triton_fps:.1f} FPS together "
           f"(Triton / local {med['ratio']:.2f}, rounds {', '.join(format(x['ratio'], '.2f') for x in rounds)})")
     print(f"  on the server, per request: queue {queue:.2f} ms, compute {compute:.2f} ms; mean batch {mean_batch:.2f}")
-    (work / f"triton-{args.model}.json").write_text(json.dumps({"args": vars(args), "rounds": rounds,
+    (work / f"triton-{engine.stem}-{args.instances}.json").write_text(json.dumps({"args": vars(args), "rounds": rounds,
                                                                "time": time.time()}, indent=2))
 
 
