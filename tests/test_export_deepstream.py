@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error, run_cli
 
 from edgekit.errors import EdgekitError
 from edgekit.runtime import manifest as mf
@@ -20,7 +21,6 @@ from edgekit.runtime.serving.deepstream import (
     normalization,
     read_nvinfer_config,
 )
-from tests.conftest import assert_one_line_error, run_cli
 
 PARSER = CustomParser("NvDsInferParseCustomMine", "/opt/parsers/libnvds_mine.so")
 EFFICIENT = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")

@@ -20,6 +20,7 @@ from edgekit.runtime import registry
 from edgekit.runtime.layouts.base import DecodeParams
 from edgekit.runtime.opening import Opened, open_model
 from edgekit.runtime.preprocess import Transform, preprocess
+from edgekit.runtime.serving import is_served
 from edgekit.runtime.stream.sources import open_source
 
 
@@ -79,7 +80,7 @@ def open(path: "str | Path", score_threshold: Optional[float] = None, iou_thresh
          device: str = "auto") -> Model:
     """Open an engine (its manifest checked against this machine), an edgekit ONNX, a checkpoint, or a model served
     by Triton Inference Server (triton://HOST:GRPC_PORT/MODEL, from edgekit export-triton)."""
-    if isinstance(path, str) and path.startswith("triton://"):
+    if is_served(path):
         from edgekit.runtime.serving.triton_client import open_triton
 
         return Model(open_triton(path), score_threshold, iou_threshold)

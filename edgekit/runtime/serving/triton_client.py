@@ -28,16 +28,11 @@ from edgekit.runtime.manifest import BackendRecord
 from edgekit.runtime.serving.triton_repo import CARD_PARAM, ENGINE_PARAM, NUMPY_OF_WIRE, WIRE_TYPES
 from edgekit.runtime.text import printable
 
-SCHEME = "triton://"
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 DEFAULT_IN_FLIGHT = 4  # requests at the server at once (one per worker) unless --workers says
 _URL = re.compile(r"triton://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})/(?P<model>[A-Za-z0-9_.-]+)"
                   r"(?:/(?P<version>\d+))?/?")
 _LOST = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED")
-
-
-def is_url(path: Any) -> bool:
-    return isinstance(path, str) and path.startswith(SCHEME)
 
 
 def _grpc() -> Any:

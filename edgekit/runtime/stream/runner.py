@@ -21,6 +21,7 @@ from edgekit.runtime.backends.base import Backend
 from edgekit.runtime.jetson import power
 from edgekit.runtime.manifest import host_environment
 from edgekit.runtime.opening import Opened, of_task, open_model
+from edgekit.runtime.serving import is_served
 from edgekit.runtime.stream import DEFAULT_BATCH_WAIT_MS
 from edgekit.runtime.stream import report as report_mod
 from edgekit.runtime.stream.pipeline import Frame, Pipeline
@@ -140,11 +141,6 @@ def run_stream(engine: "str | Path", source_uri: "str | Sequence[str]", opts: St
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-def is_served(engine: "str | Path") -> bool:
-    """A model on a server (triton://HOST:PORT/MODEL), not a file."""
-    return isinstance(engine, str) and engine.startswith("triton://")
 
 
 def cores() -> int:
