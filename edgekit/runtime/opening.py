@@ -99,6 +99,15 @@ def is_checkpoint(path: Path) -> bool:
     return path.is_dir() or path.name.endswith((".safetensors", ".card.yaml"))
 
 
+def engine_file(path: Path, verb: str) -> None:
+    """A one-line error where `path` is missing or a checkpoint: `verb` (export-triton, ...) takes an engine file."""
+    if not path.exists():
+        raise EdgekitError(f"{path}: not found (give an engine from edgekit build-engine or an edgekit ONNX)")
+    if is_checkpoint(path) or not path.is_file():
+        raise EdgekitError(f"{path}: a checkpoint; {verb} takes an engine from edgekit build-engine or an edgekit ONNX "
+                           "(edgekit export, then build-engine)")
+
+
 def _open_plain_onnx(path: Path, pipelined: bool) -> Opened:
     from edgekit.runtime.backends.onnxruntime import OnnxRuntimeBackend
 

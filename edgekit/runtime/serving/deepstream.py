@@ -238,13 +238,9 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def _read_source(engine: Path) -> _Source:
-    from edgekit.runtime.opening import is_checkpoint
+    from edgekit.runtime.opening import engine_file
 
-    if not engine.exists():
-        raise EdgekitError(f"{engine}: not found (give an engine from edgekit build-engine or an edgekit ONNX)")
-    if is_checkpoint(engine) or not engine.is_file():
-        raise EdgekitError(f"{engine}: a checkpoint; export-deepstream takes an engine from edgekit build-engine or "
-                           "an edgekit ONNX (edgekit export, then build-engine)")
+    engine_file(engine, "export-deepstream")
     if mf.path_for(engine).is_file():
         return _from_manifest(engine, mf.read(engine))
     if engine.suffix != ".onnx":

@@ -155,13 +155,9 @@ def _model_kind(eng: _Engine, opts: TritonOptions) -> str:
 
 
 def _read_engine(path: Path) -> _Engine:
-    from edgekit.runtime.opening import is_checkpoint, open_model
+    from edgekit.runtime.opening import engine_file, open_model
 
-    if not path.exists():
-        raise EdgekitError(f"{path}: not found (give an engine from edgekit build-engine or an edgekit ONNX)")
-    if is_checkpoint(path) or not path.is_file():
-        raise EdgekitError(f"{path}: a checkpoint; export-triton takes an engine from edgekit build-engine or an "
-                           "edgekit ONNX (edgekit export, then build-engine)")
+    engine_file(path, "export-triton")
     if mf.path_for(path).is_file():
         m = mf.read(path)
         flags = m.build_flags()
