@@ -297,8 +297,8 @@ def test_three_cameras_through_one_server(server, engines, clips, tmp_path):
         run_stream(str(engines["det"]), str(clip), StreamOptions(out=str(local), save_video=False, progress=False,
                                                                  power=False))
         assert _results(tmp_path / f"cam{k}" / "results.jsonl") == _results(local / "results.jsonl")
-    executed = {int(s["batch_size"]): int(s["compute_infer"]["count"]) for s in after["batch_stats"]}
-    earlier = {int(s["batch_size"]): int(s["compute_infer"]["count"]) for s in before["batch_stats"]}
+    executed = {int(s["batch_size"]): int(s["compute_infer"]["count"]) for s in after.get("batch_stats", [])}
+    earlier = {int(s["batch_size"]): int(s["compute_infer"]["count"]) for s in before.get("batch_stats", [])}
     grown = {b: n - earlier.get(b, 0) for b, n in executed.items() if n > earlier.get(b, 0)}
     assert sum(b * n for b, n in grown.items()) == 120  # every frame inferred once on the server
     assert max(grown) > 2, f"the dynamic batcher put several clients' requests together: {grown}"
@@ -330,10 +330,10 @@ def test_server_killed_and_back_is_reconnected(repos, tmp_path):
     and the report says the server was lost once."""
     srv = TritonServer([repos["det"]], tmp_path / "server.log").start()
     try:
-        run = _stream_while(srv, tmp_path / "run", "--duration", "10", "--reconnect", "5")
+        run = _stream_while(srv, tmp_path / "run", "--duration", "14", "--reconnect", "5")
         time.sleep(3.0)
         srv.kill()
-        srv.start()  # (ready in about 3 s: found by the reconnect attempt 3.5 s after the loss)
+        srv.start()  # (ready in about 3 s: found by the attempt 3.5 s after the loss, or 7.5 s on a busy machine)
         out, err = run.communicate(timeout=120)
     finally:
         srv.stop()

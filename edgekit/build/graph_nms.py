@@ -33,13 +33,13 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.runtime import registry
 from edgekit.runtime.card import ModelCard
 
 MODES = ("host", "engine")
 ONNX_NMS = "onnx"  # ONNX NonMaxSuppression + gather -> end2end
 EFFICIENT_NMS = "efficient_nms"  # TensorRT's EfficientNMS_TRT plugin -> efficient_nms
 HEADS = ("yolov8", "yolov5")  # the dense heads whose outputs this module can suppress
-SUPPRESSED = ("end2end", "efficient_nms", "rtdetr", "torchvision")  # layouts already without duplicates
 MIN_OPSET = 11  # NonMaxSuppression with center_point_box, ScatterND, GatherElements, TopK with largest/sorted
 TOPK_LIMIT = 3840  # TensorRT's largest TopK K (ITopKLayer)
 PLUGIN_DOMAIN = "TRT"  # YOLOv7's TRT_NMS writes the plugin node as TRT::EfficientNMS_TRT
@@ -110,7 +110,7 @@ def check_card(card: ModelCard, source: str) -> None:
     layout = card.output_layout
     if card.task != "detection":
         raise EdgekitError(f"{source}: --nms engine applies to detectors; this model's task is {card.task}")
-    if layout in SUPPRESSED:
+    if registry.layout(layout).suppressed:
         raise EdgekitError(f"{source}: output layout {layout} has no duplicates to suppress (NMS is in the graph "
                            "already or the model is end-to-end); build with --nms host")
     if layout not in HEADS:

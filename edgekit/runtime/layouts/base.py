@@ -33,6 +33,7 @@ class Layout:
     task = ""  # the registered task whose result decode() returns
     description = ""
     default = False  # the layout a card of its task gets when it names none
+    suppressed = False  # its detections come without duplicates (NMS in the graph, or a set-prediction model)
     params: Mapping[str, Any] = {}  # the card's output.params this layout reads, with their defaults
 
     def param(self, card: ModelCard, name: str) -> Any:

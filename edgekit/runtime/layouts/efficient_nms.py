@@ -57,6 +57,7 @@ def roles(outputs: Sequence[Output]) -> Optional[Dict[str, str]]:
 @register_layout
 class EfficientNMS(Layout):
     name = "efficient_nms"
+    suppressed = True
     task = "detection"
     description = ("TensorRT EfficientNMS_TRT (YOLOv7 TensorRT end2end): num [B,1], corner boxes [B,max,4] in pixels, "
                    "scores, classes")

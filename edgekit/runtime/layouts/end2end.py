@@ -24,6 +24,7 @@ from edgekit.runtime.tasks.detection import Detections
 @register_layout
 class End2End(Layout):
     name = "end2end"
+    suppressed = True
     task = "detection"
     description = ("NMS in the graph (Ultralytics nms=True, YOLOv10/YOLO26 heads) [B, K, 6]: x1, y1, x2, y2 in "
                    "pixels, score, class")

@@ -23,6 +23,7 @@ from edgekit.runtime.tasks.detection import Detections, cxcywh_to_xyxy
 @register_layout
 class RTDETR(Layout):
     name = "rtdetr"
+    suppressed = True
     task = "detection"
     description = ("RT-DETR, Ultralytics export [B, queries, 4+classes]: cx, cy, w, h as fractions of the input, "
                    "class sigmoids")

@@ -49,6 +49,7 @@ def roles(outputs: Sequence[Output]) -> Optional[Dict[str, str]]:
 @register_layout
 class TorchvisionDetection(Layout):
     name = "torchvision"
+    suppressed = True
     task = "detection"
     description = ("torchvision detectors (Faster R-CNN, RetinaNet, SSD, FCOS): boxes [N,4] in pixels, labels, "
                    "scores; no batch axis")

@@ -43,6 +43,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from edgekit.errors import EdgekitError
 from edgekit.runtime import manifest as mf
+from edgekit.runtime import registry
 from edgekit.runtime.artifacts import atomic_dir, write_text
 from edgekit.runtime.backends.base import TENSORRT_QDQ
 from edgekit.runtime.card import ModelCard
@@ -58,9 +59,6 @@ NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}
 NETWORK_TYPE = {"detection": 0, "segmentation": 2, "instance_segmentation": 3}
 CLUSTER_NMS, CLUSTER_NONE = 2, 4
 COLOR_FORMAT = {"RGB": 0, "BGR": 1}
-# Detection layouts whose duplicates the graph already suppressed (edgekit.build.graph_nms.SUPPRESSED, which the
-# runtime side cannot import): nvinfer's clustering stays off for them.
-SUPPRESSED_LAYOUTS = ("end2end", "efficient_nms", "rtdetr", "torchvision")
 RAW_HEADS = ("yolov8", "yolov5", "yolox", "priors")
 
 # Every key written must be one the element parses (gstnvinfer_property_parser.h): checked before anything is written.
@@ -162,7 +160,7 @@ def export_deepstream(engine: "str | Path", out: "str | Path", overwrite: bool =
     attrs: List[Tuple[str, str]] = []
     if network_type == NETWORK_TYPE["detection"]:
         assert parser is not None
-        suppressed = card.output_layout in SUPPRESSED_LAYOUTS
+        suppressed = registry.layout(card.output_layout).suppressed
         props += [("cluster-mode", str(CLUSTER_NONE if suppressed else CLUSTER_NMS)),
                   ("parse-bbox-func-name", parser.function), ("custom-lib-path", parser.library)]
         attrs = [("pre-cluster-threshold", _num(card.score_threshold)), ("topk", str(card.max_detections))]
@@ -367,7 +365,7 @@ def _config_text(src: _Source, props: Sequence[Tuple[str, str]], attrs: Sequence
                                                  if card.resize_mode == "letterbox" else "")]
     if parser is not None:
         lines.append(f"# Bounding boxes: {parser.function} from {parser.library} (given to export-deepstream); "
-                     "cluster-mode " + ("4: NMS is in the graph" if card.output_layout in SUPPRESSED_LAYOUTS
+                     "cluster-mode " + ("4: NMS is in the graph" if registry.layout(card.output_layout).suppressed
                                         else "2: nvinfer's NMS with the card's thresholds"))
     lines += [f"# WARNING: {w}" for w in warnings]
     lines += ["", "[property]"] + [f"{k}={v}" for k, v in props]
@@ -384,7 +382,7 @@ def _readme(src: _Source, network_type: int, batch: int, warnings: Sequence[str]
         "nvvideoconvert ! nvdsosd ! nveglglessink"
     warn = "".join(f"* {w}\n" for w in warnings) or "* none\n"
     derived = "".join(f"* {n}\n" for n in src.notes)
-    cluster = "4 (none: NMS is in the graph)" if card.output_layout in SUPPRESSED_LAYOUTS else "2 (NMS)"
+    cluster = "4 (none: NMS is in the graph)" if registry.layout(card.output_layout).suppressed else "2 (NMS)"
     parse = (f"* bounding boxes: `{parser.function}` from `{parser.library}`, as given to export-deepstream; "
              f"`cluster-mode` {cluster}; `pre-cluster-threshold`, `nms-iou-threshold`, `topk` from the card's "
              "postprocess settings\n"

@@ -25,10 +25,10 @@ from edgekit.errors import EdgekitError, MissingDependency, SourceFailed
 from edgekit.runtime.backends.base import Backend, Capabilities, StopWaiting, TensorSpec, Timing
 from edgekit.runtime.card import ModelCard
 from edgekit.runtime.manifest import BackendRecord
-from edgekit.runtime.serving.triton_repo import CARD_PARAM, ENGINE_PARAM, NUMPY_OF_WIRE, WIRE_TYPES
+from edgekit.runtime.serving.triton_repo import CARD_PARAM, ENGINE_PARAM, NUMPY_OF_WIRE, ROLE_PARAM, WIRE_TYPES
+from edgekit.runtime.stream import backoff_s
 from edgekit.runtime.text import printable
 
-BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 DEFAULT_IN_FLIGHT = 4  # requests at the server at once (one per worker) unless --workers says
 _URL = re.compile(r"triton://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})/(?P<model>[A-Za-z0-9_.-]+)"
                   r"(?:/(?P<version>\d+))?/?")
@@ -71,8 +71,8 @@ class _Shared:
     reconnect: int
     timeout_s: float
     lock: threading.Lock = field(default_factory=threading.Lock)
-    reconnects: int = 0  # times the server was found again after it went away
-    outages: List[Dict[str, Any]] = field(default_factory=list)  # when it went, for how long, why
+    # each time the server went away: for how long ("seconds"; None where it did not come back) and why
+    outages: List[Dict[str, Any]] = field(default_factory=list)
     retried_requests: int = 0
     stop: threading.Event = field(default_factory=threading.Event)  # the run stopped: no more waiting
     stats_before: Optional[Dict[str, Any]] = None
@@ -110,8 +110,9 @@ class TritonBackend(Backend):
         self._inputs, self._outputs = inputs, outputs
         self.max_batch_size = int(config.get("max_batch_size", 0))
         self._timing = Timing()
-        self.client = _grpc().InferenceServerClient(shared.address.target)
-        self._requested = [_grpc().InferRequestedOutput(o.name) for o in outputs]
+        self._grpc = _grpc()
+        self.client = self._grpc.InferenceServerClient(shared.address.target)
+        self._requested = [self._grpc.InferRequestedOutput(o.name) for o in outputs]
 
     # --- run-stream's workers -------------------------------------------------------------------------
     def parallel_plan(self, cores: int) -> Tuple[int, int]:
@@ -128,11 +129,10 @@ class TritonBackend(Backend):
 
     # --- inference ------------------------------------------------------------------------------------
     def infer(self, inputs: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
-        grpcclient = _grpc()
         requests = []
         for spec, x in zip(self._inputs, inputs):
             x = np.ascontiguousarray(x)
-            t = grpcclient.InferInput(spec.name, list(x.shape), WIRE_TYPES.get(x.dtype.name, "FP32"))
+            t = self._grpc.InferInput(spec.name, list(x.shape), WIRE_TYPES.get(x.dtype.name, "FP32"))
             t.set_data_from_numpy(x)
             requests.append(t)
         t0 = time.perf_counter()
@@ -143,27 +143,25 @@ class TritonBackend(Backend):
         return {o.name: result.as_numpy(o.name) for o in self._outputs}
 
     def _send(self, requests: List[Any]) -> Any:
-        from tritonclient.utils import InferenceServerException
-
         a = self.shared.address
-        attempt = 0
         while True:
             try:
                 return self.client.infer(a.model, requests, model_version=a.version, outputs=self._requested,
                                          client_timeout=self.shared.timeout_s)
-            except InferenceServerException as e:
+            except self._grpc.InferenceServerException as e:
                 # A server going away answers UNAVAILABLE, or while it stops, that the model has no version left:
                 # any failure while the model is not ready counts as losing the server.
                 if str(e.status()) not in _LOST and _ready(self.client, a):
                     raise EdgekitError(f"{a.url}: the server refused the request: {printable(e.message() or str(e))}"
                                        ) from None
-                attempt = self._wait_for_server(e, attempt)
+                self._wait_for_server(e)
 
-    def _wait_for_server(self, error: Any, attempt: int) -> int:
+    def _wait_for_server(self, error: Any) -> None:
         """Back off and reconnect until the model is ready again (the request is then sent again); SourceFailed
         once `reconnect` tries failed. Workers that lost the server together count one outage."""
         a, shared = self.shared.address, self.shared
         lost_at = time.monotonic()
+        attempt = 0
         while True:
             if attempt >= shared.reconnect:
                 with shared.lock:
@@ -171,11 +169,11 @@ class TritonBackend(Backend):
                 raise SourceFailed(f"{a.url}: the server went away ({_short(error)}) and "
                                    f"{shared.reconnect} reconnect attempt{'s' if shared.reconnect != 1 else ''} "
                                    "failed")
-            if shared.stop.wait(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]):
-                raise StopWaiting()
             attempt += 1
+            if shared.stop.wait(backoff_s(attempt)):
+                raise StopWaiting()
             self.close()
-            self.client = _grpc().InferenceServerClient(a.target)
+            self.client = self._grpc.InferenceServerClient(a.target)
             if _ready(self.client, a):
                 now = time.monotonic()
                 with shared.lock:
@@ -185,12 +183,11 @@ class TritonBackend(Backend):
                     if new:
                         shared.outages.append({"seconds": round(now - lost_at, 2), "error": _short(error),
                                                "_back": now})
-                        shared.reconnects += 1
                     else:  # (another worker found the server again after this one lost it: the same outage)
                         last["seconds"] = max(last["seconds"], round(now - lost_at, 2))
                 if new:
                     self._note_restart()
-                return 0
+                return
 
     def _note_restart(self) -> None:
         """After an outage: a server that counts fewer successes than it answered before is a new process; the
@@ -217,7 +214,8 @@ class TritonBackend(Backend):
         reconnects, and what the server is."""
         shared = self.shared
         out: Dict[str, Any] = {"url": shared.address.url, "model": shared.address.model,
-                               "server_version": shared.server_version, "reconnects": shared.reconnects,
+                               "server_version": shared.server_version,
+                               "reconnects": sum(o["seconds"] is not None for o in shared.outages),
                                "retried_requests": shared.retried_requests,
                                "outages": [{k: v for k, v in o.items() if not k.startswith("_")}
                                            for o in shared.outages],
@@ -263,22 +261,22 @@ def stats_delta(before: Optional[Dict[str, Any]], after: Dict[str, Any], restart
         before = None
     b_inf, a_inf = (before or {}).get("inference_stats", {}), after.get("inference_stats", {})
     phases = {}
-    requests = _ns(a_inf, "success")[0] - _ns(b_inf, "success")[0]
     for key in ("success", "queue", "compute_input", "compute_infer", "compute_output", "fail"):
         n = _ns(a_inf, key)[0] - _ns(b_inf, key)[0]
         ns = _ns(a_inf, key)[1] - _ns(b_inf, key)[1]
         phases[key] = {"count": n, "mean_ms": round(ns / n / 1e6, 3) if n else None}
-    batches: Dict[int, int] = {}
+    batches: Dict[int, int] = {}  # batch size -> executions
     old = {int(s["batch_size"]): _ns(s, "compute_infer")[0] for s in (before or {}).get("batch_stats", [])}
     for s in after.get("batch_stats", []):
         size = int(s["batch_size"])
         n = _ns(s, "compute_infer")[0] - old.get(size, 0)
         if n:
             batches[size] = n
+
     def gained(key: str) -> int:
         return int(after.get(key, 0) or 0) - int((before or {}).get(key, 0) or 0)
 
-    return {"restarted": restarted, "requests": requests, "failed_requests": phases["fail"]["count"],
+    return {"restarted": restarted, "requests": phases["success"]["count"], "failed_requests": phases["fail"]["count"],
             "executions": gained("execution_count"),
             "inferences": gained("inference_count"),
             "request_ms": phases["success"]["mean_ms"], "queue_ms": phases["queue"]["mean_ms"],
@@ -314,8 +312,12 @@ def open_triton(url: str, reconnect: int = 3, timeout_s: float = 30.0) -> Any:
                 else "; serve a repository from edgekit export-triton")
         raise EdgekitError(f"{url}: the model's configuration has no edgekit model card ({CARD_PARAM}){hint}")
     card = ModelCard.from_json(params[CARD_PARAM]["string_value"], f"{url}: parameter {CARD_PARAM}")
-    engine = json.loads(params.get(ENGINE_PARAM, {}).get("string_value", "{}") or "{}")
-    if config.get("platform") == "ensemble" or params.get("edgekit_role", {}).get("string_value") != "model":
+    try:  # (what the engine is, for the report: nothing where unreadable)
+        engine = json.loads(params.get(ENGINE_PARAM, {}).get("string_value", "") or "{}")
+    except ValueError:
+        engine = {}
+    engine = engine if isinstance(engine, dict) else {}
+    if config.get("platform") == "ensemble" or params.get(ROLE_PARAM, {}).get("string_value") != "model":
         raise EdgekitError(f"{url}: this is not the engine's model; give the model that export-triton named after "
                            "the card (not _preprocess, _postprocess or _ensemble)")
     batching = int(config.get("max_batch_size", 0)) > 0

@@ -28,6 +28,12 @@ def _pb() -> Any:
     return pb_utils
 
 
+def _failed(pb: Any, e: Exception) -> Any:
+    """An error response that tells the client what went wrong, in one line."""
+    text = str(e) if isinstance(e, EdgekitError) else f"{type(e).__name__}: {e}"
+    return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(text))
+
+
 def transform_row(t: Transform) -> List[float]:
     return [t.scale_x, t.scale_y, t.pad_x, t.pad_y, float(t.src_w), float(t.src_h)]
 
@@ -54,8 +60,7 @@ class _Model:
                 tensors = self.run(request)
                 responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(n, a) for n, a in tensors.items()]))
             except Exception as e:  # noqa: BLE001  (the client gets the message; the other requests go on)
-                text = str(e) if isinstance(e, EdgekitError) else f"{type(e).__name__}: {e}"
-                responses.append(pb.InferenceResponse(output_tensors=[], error=pb.TritonError(text)))
+                responses.append(_failed(pb, e))
         return responses
 
     def run(self, request: Any) -> Dict[str, np.ndarray]:
@@ -161,10 +166,11 @@ class Infer(_Model):
         self.opened = open_model(folder / engine, pipelined=True)
         self.backend = self.opened.backend
         instances = sum(int(g.get("count", 1)) for g in self.config.get("instance_group", [])) or 1
-        _, threads = self.backend.parallel_plan(cores())
+        n_cores = cores()
+        _, threads = self.backend.parallel_plan(n_cores)
         if instances > 1 and threads:
             with contextlib.suppress(EdgekitError):  # (a backend of one worker: the engine as opened)
-                self.backend = self.backend.worker(max(1, cores() // instances))
+                self.backend = self.backend.worker(max(1, n_cores // instances))
         self.limit = self.backend.batch_limit()
 
     def execute(self, requests: Sequence[Any]) -> List[Any]:
@@ -179,8 +185,7 @@ class Infer(_Model):
         try:
             outputs = self.backend.infer([np.concatenate(parts, 0)])
         except Exception as e:  # noqa: BLE001
-            text = str(e) if isinstance(e, EdgekitError) else f"{type(e).__name__}: {e}"
-            return [pb.InferenceResponse(output_tensors=[], error=pb.TritonError(text)) for _ in requests]
+            return [_failed(pb, e) for _ in requests]
         responses, start = [], 0
         for n in sizes:
             tensors = [pb.Tensor(k, np.ascontiguousarray(v[start:start + n])) for k, v in outputs.items()]

@@ -26,6 +26,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError, SourceFailed
 from edgekit.runtime.data.datasets import IMAGE_EXTS
+from edgekit.runtime.stream import backoff_s
 from edgekit.runtime.stream import decoders as dec
 
 
@@ -531,7 +532,7 @@ class CaptureSource(Source):
             if attempt >= self.reconnect:
                 raise SourceFailed(self._lost(attempt, time.monotonic() - lost_at))
             attempt += 1
-            time.sleep(min(8.0, 0.5 * 2 ** (attempt - 1)))  # back-off: 0.5, 1, 2, 4, 8 s
+            time.sleep(backoff_s(attempt))
             self.reconnect_attempts += 1
             self._note_reconnects()
             # A reopen that fails leaves a closed capture: its read() fails at once and the next attempt comes.
